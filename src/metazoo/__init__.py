@@ -1,0 +1,22 @@
+"""metazoo: meta-learning and few-shot learning on PyTorch 2.
+
+Tasks come from `metazoo.data` and `metazoo.tasks`, backbones from `metazoo.models`, methods from
+`metazoo.algorithms`; `metazoo.engine` trains and evaluates them.
+"""
+
+from __future__ import annotations
+
+from metazoo.errors import ConfigError, DataError, MetazooError, ShapeError
+from metazoo.tasks import EpisodeSampler, TaskBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EpisodeSampler",
+    "MetazooError",
+    "ShapeError",
+    "TaskBatch",
+    "__version__",
+]

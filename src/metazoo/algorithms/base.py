@@ -1,0 +1,187 @@
+"""The `Algorithm` base class, its per-algorithm config, and the registry.
+
+An algorithm maps a support set to a predictor (`adapt`) and defines the outer loss
+(`meta_loss`). `adapt` is written for ONE task with unbatched shapes and never writes to `self`;
+`meta_loss` and `predict` map it over the tasks of a `TaskBatch`, with `torch.vmap` where the
+algorithm allows it and a loop otherwise. Registering a class is the only step that makes it
+visible to the CLI, the presets, the README table and the contract tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metazoo.errors import ConfigError, ShapeError
+from metazoo.metrics import accuracy
+from metazoo.tasks import TaskBatch
+from metazoo.types import Family, Predictor, TaskKind
+
+Strategy = Literal["auto", "vmap", "loop"]
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """Base of every algorithm's config; defaults are the paper's. Subclasses add fields."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for impossible values (subclasses extend this)."""
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What the registry knows about an algorithm: enough for `metazoo list` and the docs."""
+
+    name: str
+    display: str
+    family: Family
+    cls: type[Algorithm]
+    config: type[AlgorithmConfig]
+    paper: str
+    tasks: frozenset[TaskKind]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def make_config(self, **overrides: Any) -> AlgorithmConfig:
+        """The spec's config with its registered defaults, then `overrides`, validated."""
+        known = {f.name for f in dataclasses.fields(self.config)}
+        for key in overrides:
+            if key not in known:
+                raise ConfigError(f"algorithm '{self.name}' has no option '{key}'"
+                                  f"{_did_you_mean(key, known)}")
+        cfg = self.config(**{**self.defaults, **overrides})
+        cfg.validate()
+        return cfg
+
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+A = TypeVar("A", bound="type[Algorithm]")
+
+
+def register(name: str, *, display: str, family: Family, config: type[AlgorithmConfig],
+             paper: str, tasks: set[TaskKind], defaults: Mapping[str, Any] | None = None
+             ) -> Callable[[A], A]:
+    """Class decorator: register an algorithm (or, with `defaults`, a variant of one)."""
+
+    def wrap(cls: A) -> A:
+        if name in _REGISTRY:
+            raise RuntimeError(f"algorithm '{name}' is registered twice")
+        spec = AlgorithmSpec(name, display, family, cls, config, paper, frozenset(tasks),
+                             dict(defaults or {}))
+        _REGISTRY[name] = spec
+        if "spec" not in cls.__dict__:  # a variant registered on the same class keeps the first
+            cls.spec = spec
+        return cls
+
+    return wrap
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def get(name: str) -> AlgorithmSpec:
+    """The spec registered as `name`; an unknown name raises `ConfigError` with a suggestion."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown algorithm '{name}'{_did_you_mean(name, _REGISTRY)}; "
+                          "`metazoo list algorithms` shows them all")
+    return _REGISTRY[name]
+
+
+def names(family: Family | None = None) -> list[str]:
+    """Registered names, optionally of one family, sorted."""
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def build(name: str, backbone: nn.Module, *, ways: int, **overrides: Any) -> Algorithm:
+    """Build algorithm `name` around `backbone` for `ways`-way tasks (1 for regression)."""
+    spec = get(name)
+    return spec.cls(backbone, spec.make_config(**overrides), ways=ways)
+
+
+class Algorithm(nn.Module):
+    """Holds the meta-parameters; maps support sets to predictors.
+
+    Args:
+        backbone: a feature extractor with a `feature_dim` attribute (see `metazoo.models`).
+        config: the algorithm's config (see `AlgorithmSpec.make_config`).
+        ways: N of the tasks it is built for (1 for regression). Algorithms without a fixed-size
+            head accept other N at `adapt` time.
+    """
+
+    spec: ClassVar[AlgorithmSpec]
+    vmappable: ClassVar[bool] = True
+    fixed_ways: ClassVar[bool] = False  # True when a head of size `ways` is meta-learned
+
+    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
+        super().__init__()
+        if ways < 1:
+            raise ConfigError(f"ways must be >= 1, got {ways}")
+        self.backbone = backbone
+        self.config = config
+        self.ways = ways
+        self.strategy: Strategy = "auto"
+
+    # --- what each algorithm writes -------------------------------------------------------
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
+              ) -> Predictor:
+        """Turn ONE task's support set (`[N*K, *x]`, `[N*K]`) into a predictor; pure."""
+        raise NotImplementedError(f"{type(self).__name__} must define adapt()")
+
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  ways: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Query loss of one task after adaptation: cross-entropy, or MSE for regression."""
+        out = self.adapt(support_x, support_y, ways=ways)(query_x)
+        if query_y.is_floating_point():
+            loss = F.mse_loss(out, query_y)
+            return loss, {"mse": loss.detach()}
+        return F.cross_entropy(out, query_y), {"acc": accuracy(out.detach(), query_y)}
+
+    # --- what the base provides -----------------------------------------------------------
+    def check_ways(self, ways: int) -> int:
+        """`ways` itself; `ShapeError` when a fixed-size head cannot serve it."""
+        if self.fixed_ways and ways != self.ways:
+            raise ShapeError(f"{type(self).__name__} was built for {self.ways}-way tasks and "
+                             f"cannot serve {ways}-way ones; train with ways={ways}")
+        return ways
+
+    def _use_vmap(self, batch_size: int) -> bool:
+        if self.strategy == "loop" or not self.vmappable or batch_size == 1:
+            return False
+        return True
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean over tasks of `task_loss`, and the mean of each metric."""
+        ways = self.check_ways(batch.ways)
+
+        def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, dict]:
+            return self.task_loss(sx, sy, qx, qy, ways)
+
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        if self._use_vmap(len(batch)):
+            losses, metrics = torch.vmap(one)(*args)
+        else:
+            outs = [one(*(a[i] for a in args)) for i in range(len(batch))]
+            losses = torch.stack([o[0] for o in outs])
+            metrics = {k: torch.stack([o[1][k] for o in outs]) for k in outs[0][1]}
+        return losses.mean(), {k: v.mean() for k, v in metrics.items()}
+
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                ways: int | None = None) -> Tensor:
+        """Batched `adapt(support)(query)`: `[B, N*K, *x]`, `[B, N*K]`, `[B, M, *x]` -> `[B, M, N]`."""
+        n = self.check_ways(ways or self.ways)
+
+        def one(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
+            return self.adapt(sx, sy, ways=n)(qx)
+
+        if self._use_vmap(support_x.shape[0]):
+            return torch.vmap(one)(support_x, support_y, query_x)
+        return torch.stack([one(support_x[i], support_y[i], query_x[i])
+                            for i in range(support_x.shape[0])])

@@ -1,0 +1,93 @@
+"""`ClassDataset`: every example of one split in one uint8 tensor, grouped by class.
+
+Episodes are index arithmetic on this tensor plus one float conversion, so sampling costs
+microseconds. Images are `[M, C, H, W]` uint8 with ink/foreground high (255), rows sorted by class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from metazoo.errors import DataError
+
+
+@dataclass(frozen=True, eq=False)
+class ClassDataset:
+    """One split of a labelled image dataset, held in memory.
+
+    Attributes:
+        images: `[M, C, H, W]` uint8, rows sorted by label.
+        labels: `[M]` int64 class ids `0..num_classes-1`, non-decreasing.
+        class_names: one name per class (e.g. "Latin/character03" or "Latin/character03/rot90").
+        name: the split's name, e.g. "omniglot/train"; part of every episode's seed.
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: tuple[str, ...]
+    name: str
+    class_counts: Tensor = field(init=False, repr=False)
+    class_offsets: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"dataset '{self.name}': images must be uint8 [M, C, H, W], got "
+                            f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(f"dataset '{self.name}': {self.labels.numel()} labels for "
+                            f"{self.images.shape[0]} images")
+        if self.images.shape[0] == 0:
+            raise DataError(f"dataset '{self.name}' has no images")
+        if bool((self.labels[1:] < self.labels[:-1]).any()):
+            raise DataError(f"dataset '{self.name}': rows must be sorted by label")
+        counts = torch.bincount(self.labels, minlength=len(self.class_names))
+        if counts.numel() != len(self.class_names) or bool((counts == 0).any()):
+            raise DataError(f"dataset '{self.name}': labels must cover 0..{len(self.class_names) - 1}"
+                            " with at least one image each")
+        object.__setattr__(self, "class_counts", counts)
+        object.__setattr__(self, "class_offsets", torch.cumsum(counts, 0) - counts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def as_float(self, index: Tensor) -> Tensor:
+        """Rows `index` (any shape `S`) as float32 in [0, 1], shape `[*S, C, H, W]`."""
+        return self.images[index].to(torch.float32).div_(255.0)
+
+    def select_classes(self, classes: Tensor | list[int], name: str) -> ClassDataset:
+        """A new split made of the given classes (relabelled 0..len-1 in the given order)."""
+        cls = torch.as_tensor(classes, dtype=torch.long)
+        rows = torch.cat([torch.arange(int(self.class_offsets[c]),
+                                       int(self.class_offsets[c] + self.class_counts[c]))
+                          for c in cls.tolist()])
+        labels = torch.repeat_interleave(torch.arange(cls.numel()), self.class_counts[cls])
+        return ClassDataset(self.images[rows], labels,
+                            tuple(self.class_names[c] for c in cls.tolist()), name)
+
+    def with_rotations(self, name: str) -> ClassDataset:
+        """Each class also at 90, 180 and 270 degrees, as new classes (Santoro et al. 2016)."""
+        c, h, w = self.image_shape
+        if h != w:
+            raise DataError(f"dataset '{self.name}': rotations as classes need square images")
+        counts = self.class_counts
+        per_class = torch.split(self.images, counts.tolist())
+        images, names, labels = [], [], []
+        for k in range(4):
+            for i, block in enumerate(per_class):
+                images.append(torch.rot90(block, k, dims=(2, 3)))
+                names.append(self.class_names[i] + ("" if k == 0 else f"/rot{90 * k}"))
+        for j in range(len(names)):
+            labels.append(torch.full((int(counts[j % self.num_classes]),), j, dtype=torch.long))
+        return ClassDataset(torch.cat(images), torch.cat(labels), tuple(names), name)

@@ -1,0 +1,42 @@
+"""The four-block convolutional backbone of Vinyals et al. 2016, used by most few-shot papers.
+
+Each block is conv 3x3 (`hidden` filters, padding 1) -> batch norm -> ReLU -> 2x2 max-pool; the
+output is flattened (64 features for 28x28 inputs, 1600 for 84x84 with 64 filters). No head: the
+algorithms add the layer they need. Batch norm is `metazoo.functional.BatchNorm` (batch
+statistics, exact under `vmap`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metazoo.functional import BatchNorm
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), BatchNorm(c_out), nn.ReLU(),
+                         nn.MaxPool2d(2))
+
+
+class Conv4(nn.Module):
+    """Conv4 feature extractor: `[M, C, H, W]` -> `[M, feature_dim]`.
+
+    Args:
+        input_shape: (C, H, W) of one input.
+        hidden: filters per block (64 in the papers; 32 for MAML on miniImageNet).
+        blocks: number of conv blocks (4).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 64,
+                 blocks: int = 4) -> None:
+        super().__init__()
+        channels = [input_shape[0]] + [hidden] * blocks
+        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:],
+                                                                     strict=False)])
+        self.input_shape = tuple(input_shape)
+        with torch.no_grad():
+            self.feature_dim = int(self.features(torch.zeros(2, *input_shape)).flatten(1).shape[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x).flatten(1)  # [M, hidden * h' * w']

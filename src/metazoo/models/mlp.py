@@ -1,0 +1,30 @@
+"""A fully connected ReLU network: MAML's 40-40 regressor for sinusoid tasks (Finn et al. 2017, Sec. 5.1)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """`[M, *input_shape]` -> `[M, hidden[-1]]` through Linear+ReLU layers (no head).
+
+    Args:
+        input_shape: shape of one input; flattened.
+        hidden: widths of the hidden layers.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...] = (1,),
+                 hidden: tuple[int, ...] = (40, 40)) -> None:
+        super().__init__()
+        widths = [math.prod(input_shape), *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:], strict=False):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.layers = nn.Sequential(*layers)
+        self.input_shape = tuple(input_shape)
+        self.feature_dim = widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x.flatten(1))
