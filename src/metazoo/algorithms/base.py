@@ -119,6 +119,7 @@ class Algorithm(nn.Module):
     spec: ClassVar[AlgorithmSpec]
     vmappable: ClassVar[bool] = True
     fixed_ways: ClassVar[bool] = False  # True when a head of size `ways` is meta-learned
+    adapts_with_gradients: ClassVar[bool] = False  # True when adapt() differentiates (MAML...)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__()

@@ -1,0 +1,163 @@
+"""`metazoo`: train, evaluate, predict, list and plot from the command line.
+
+Each subcommand is a thin function over the Python API. A user error (`MetazooError`) prints one
+line on stderr and exits with status 2; there is no traceback for mistakes in input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from metazoo.errors import MetazooError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from metazoo import algorithms
+    from metazoo.config import preset_names
+    from metazoo.data import list_datasets
+
+    what = args.what
+    if what in ("all", "algorithms"):
+        print("algorithms:")
+        for name in algorithms.names():
+            s = algorithms.get(name)
+            print(f"  {name:<12} {s.display:<10} {s.family:<11} {s.paper}")
+    if what in ("all", "datasets"):
+        print("datasets:")
+        for d in list_datasets():
+            print(f"  {d.name:<12} {d.description}")
+    if what in ("all", "presets"):
+        print("presets:")
+        for p in preset_names():
+            print(f"  {p}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metazoo.config import load_config
+    from metazoo.engine.train import train
+
+    cfg = load_config(args.preset, args.config, args.set)
+    out = Path(args.out or f"runs/{args.preset or 'default'}")
+    if not args.resume and (out / "checkpoint.safetensors").exists():
+        raise MetazooError(f"'{out}' already holds a run; pass --resume to continue it or "
+                           "--out NEW_DIR to start another")
+    train(cfg, out, resume=args.resume)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from metazoo.engine.evaluate import evaluate
+    from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
+
+    run = Path(args.run_dir)
+    cfg, alg = load_run(run, data_root=args.data_root)
+    device = resolve_device(cfg.train.device)
+    alg.to(device)
+    if args.oneshot_runs:
+        from metazoo.engine.oneshot import evaluate_oneshot
+
+        result = evaluate_oneshot(alg, Path(args.oneshot_runs), cfg.data.image_size, device)
+        write_json(run / "oneshot_results.json", result)
+        return 0
+    ev = replace(cfg.eval, episodes=args.episodes or cfg.eval.episodes,
+                 split=args.split or cfg.eval.split)
+    for key in ("ways", "shots", "queries"):
+        if getattr(args, key):
+            ev = replace(ev, **{key: getattr(args, key)})
+    cfg = replace(cfg, eval=ev)
+    alg.check_ways(ev.ways)
+    result = evaluate(alg, task_source(cfg, ev.split, training=False), episodes=ev.episodes,
+                      batch_size=ev.batch_size, split=ev.split, device=device)
+    print(result.line())
+    from metazoo.engine.train import batch_norm_mode
+
+    write_json(run / RESULTS, {**result.to_json(), "algorithm": cfg.algorithm.name,
+                               "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg),
+                               "device": str(device)})
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from metazoo.engine.predict import predict_folders
+
+    for path, label, prob in predict_folders(Path(args.run_dir), Path(args.support),
+                                             Path(args.query), invert=args.invert):
+        print(f"{path}\t{label}\t{prob:.3f}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from metazoo.plots import plot_run
+
+    for path in plot_run(Path(args.run_dir)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metazoo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="algorithms, datasets and presets")
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=["all", "algorithms", "datasets", "presets"])
+    ls.set_defaults(func=_cmd_list)
+
+    tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")
+    tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
+    tr.add_argument("--config", help="a YAML config file")
+    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override config values, e.g. train.meta_steps=100")
+    tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run on fixed episodes")
+    ev.add_argument("run_dir")
+    ev.add_argument("--episodes", type=int)
+    ev.add_argument("--split")
+    ev.add_argument("--ways", type=int)
+    ev.add_argument("--shots", type=int)
+    ev.add_argument("--queries", type=int)
+    ev.add_argument("--data-root")
+    ev.add_argument("--oneshot-runs", metavar="DIR",
+                    help="Lake et al.'s one-shot runs (runNN/ folders): error rate per run")
+    ev.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("predict", help="classify your own images with a trained run")
+    pr.add_argument("run_dir")
+    pr.add_argument("--support", required=True, help="folder with one sub-folder per class")
+    pr.add_argument("--query", required=True, help="folder of images to classify")
+    pr.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                    help="invert grey levels (auto: when the run saw ink-high images and these "
+                         "have light backgrounds)")
+    pr.set_defaults(func=_cmd_predict)
+
+    pl = sub.add_parser("plot", help="learning curves (and adaptation plots) as PNG")
+    pl.add_argument("run_dir")
+    pl.set_defaults(func=_cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `metazoo` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MetazooError as e:
+        print(f"metazoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metazoo: interrupted; the last checkpoint is intact (use --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

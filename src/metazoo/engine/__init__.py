@@ -1,0 +1,1 @@
+"""The engine: meta-training, evaluation on fixed episodes, checkpoints and logs."""

@@ -1,0 +1,75 @@
+"""Checkpoints: one safetensors file holding the tensors, with the rest as JSON in its metadata.
+
+One file per checkpoint keeps a save atomic (temporary file, then `os.replace`): a run killed at
+any moment leaves either the previous checkpoint or the new one, never a broken one. Nothing is
+unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from metazoo.errors import CheckpointError
+
+_META_KEY = "metazoo"
+
+
+def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write `tensors` and JSON-serialisable `meta` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(flat, tmp, metadata={_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata written by `save`; `CheckpointError` when missing or damaged."""
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at '{path}'; train first or check the run folder")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is damaged ({e}); delete it or retrain"
+                              ) from None
+
+
+def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser `state_dict()` into tensors (`optim.<param>.<key>`) and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in state["state"].items():
+        for key, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[key] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `optimizer_to_flat`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, v in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = v
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,118 @@
+"""From a `RunConfig` to the objects a run needs, and back from a run folder.
+
+A run folder holds `config.json` (the resolved config), `checkpoint.safetensors` (latest state,
+for `--resume`), `best.safetensors` (weights with the best validation score), `metrics.csv` and
+`results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from metazoo import algorithms, models
+from metazoo.algorithms.base import Algorithm
+from metazoo.config import RunConfig, from_dict
+from metazoo.data import get_spec, load_split, make_task_source
+from metazoo.data.cache import atomic_write_bytes
+from metazoo.engine import checkpoint
+from metazoo.errors import CheckpointError, ConfigError
+from metazoo.tasks import TaskSource
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+RESULTS = "results.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`"auto"` is CUDA when available, else CPU; anything else is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device asks for cuda but no CUDA device is available; "
+                          "use train.device=cpu")
+    return device
+
+
+def input_shape(cfg: RunConfig) -> tuple[int, ...]:
+    """Shape of one input of the run's dataset (the train split decides an image's channels)."""
+    if get_spec(cfg.data.name).kind == "regression":
+        return (1,)
+    d = cfg.data
+    ds = load_split(d.name, "train", root=d.root, download=d.download, image_size=d.image_size,
+                    seed=cfg.seed)
+    return ds.image_shape
+
+
+def build_algorithm(cfg: RunConfig, shape: tuple[int, ...]) -> Algorithm:
+    """Backbone and algorithm of `cfg`, with initial weights drawn from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    if m.name == "mlp":
+        backbone = models.build("mlp", input_shape=shape, hidden=m.widths)
+    else:
+        backbone = models.build(m.name, input_shape=shape, hidden=m.hidden, blocks=m.blocks)
+    regression = get_spec(cfg.data.name).kind == "regression"
+    spec = algorithms.get(cfg.algorithm.name)
+    task = "regression" if regression else "classification"
+    if task not in spec.tasks:
+        raise ConfigError(f"algorithm '{spec.name}' does not do {task}; choose another dataset "
+                          "or algorithm")
+    alg = algorithms.build(cfg.algorithm.name, backbone, ways=1 if regression else cfg.data.ways,
+                           **cfg.algorithm.options)
+    if alg.fixed_ways and not regression and cfg.eval.ways != cfg.data.ways:
+        raise ConfigError(f"{spec.display} meta-learns a {cfg.data.ways}-way head; set "
+                          f"eval.ways={cfg.data.ways} or train with data.ways={cfg.eval.ways}")
+    return alg
+
+
+def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
+    """Training episodes (`data.ways/shots/queries`) or evaluation ones (`eval.*`) of `split`."""
+    shape = cfg.data if training else cfg.eval
+    d = cfg.data
+    return make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
+                            queries=shape.queries, seed=cfg.seed, root=d.root,
+                            download=d.download, image_size=d.image_size)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """The resolved config saved in a run folder."""
+    path = run_dir / CONFIG
+    if not path.exists():
+        raise CheckpointError(f"'{run_dir}' is not a run folder (no {CONFIG}); "
+                              "pass the --out folder of `metazoo train`")
+    try:
+        return from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"'{path}' is damaged: {e}") from None
+
+
+def load_run(run_dir: Path, *, data_root: str | None = None) -> tuple[RunConfig, Algorithm]:
+    """Config and trained algorithm of a run folder (best weights, else the latest)."""
+    cfg = read_config(run_dir)
+    if data_root is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    weights = run_dir / BEST if (run_dir / BEST).exists() else run_dir / CHECKPOINT
+    tensors, meta = checkpoint.load(weights)
+    shape = tuple(meta.get("input_shape") or input_shape(cfg))
+    alg = build_algorithm(cfg, shape)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        alg.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{weights}' do not fit the run's config: "
+                              f"{str(e).splitlines()[0]}") from None
+    return cfg, alg

@@ -1,0 +1,131 @@
+"""The contract every registered algorithm meets; a new algorithm gets these tests for free."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import metazoo.algorithms as algorithms
+from metazoo import models
+from metazoo.algorithms.base import Algorithm
+from metazoo.config import apply_overrides, from_dict
+from metazoo.errors import ShapeError
+from metazoo.tasks import TaskBatch
+from tests.conftest import regression_batch, tiny_batch
+
+NAMES = algorithms.names()
+WAYS = 3
+
+
+def _build(name: str, seed: int = 0) -> tuple[Algorithm, TaskBatch]:
+    spec = algorithms.get(name)
+    torch.manual_seed(seed)
+    if "classification" in spec.tasks:
+        backbone = models.build("conv4", input_shape=(1, 28, 28), hidden=8)
+        return algorithms.build(name, backbone, ways=WAYS), tiny_batch(WAYS)
+    backbone = models.build("mlp", input_shape=(1,), hidden=(16, 16))
+    return algorithms.build(name, backbone, ways=1), regression_batch()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_loss_is_finite_scalar_with_metrics(name):
+    alg, batch = _build(name)
+    loss, metrics = alg.meta_loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert metrics and all(torch.isfinite(v) and v.dim() == 0 for v in metrics.values())
+    assert ("acc" in metrics) if batch.kind == "classification" else ("mse" in metrics)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_meta_parameter_gets_a_finite_gradient(name):
+    alg, batch = _build(name)
+    alg.meta_loss(batch)[0].backward()
+    for pname, p in alg.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adapt_leaves_state_untouched(name):
+    alg, batch = _build(name)
+    before = {k: v.clone() for k, v in alg.state_dict().items()}
+    predictor = alg.adapt(batch.support_x[0], batch.support_y[0])
+    predictor(batch.query_x[0])
+    after = alg.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_shape(name):
+    alg, batch = _build(name)
+    out = alg.predict(batch.support_x, batch.support_y, batch.query_x, ways=batch.ways)
+    last = WAYS if batch.kind == "classification" else 1
+    assert out.shape == (len(batch), batch.query_x.shape[1], last)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if algorithms.get(n).cls.vmappable])
+def test_vmapped_batch_equals_task_loop(name):
+    alg, batch = _build(name)
+    alg.strategy = "vmap"
+    loss_v, _ = alg.meta_loss(batch)
+    grads_v = torch.autograd.grad(loss_v, list(alg.parameters()))
+    alg.strategy = "loop"
+    loss_l, _ = alg.meta_loss(batch)
+    grads_l = torch.autograd.grad(loss_l, list(alg.parameters()))
+    torch.testing.assert_close(loss_v, loss_l, rtol=1e-4, atol=1e-5)
+    for gv, gl in zip(grads_v, grads_l, strict=True):
+        torch.testing.assert_close(gv, gl, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_loss_and_other_seed_differs(name):
+    a, batch = _build(name, seed=0)
+    b, _ = _build(name, seed=0)
+    c, _ = _build(name, seed=1)
+    la, lb, lc = (m.meta_loss(batch)[0].item() for m in (a, b, c))
+    assert la == lb and la != lc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_labels_raise(name):
+    _, batch = _build(name)
+    if batch.kind != "classification":
+        pytest.skip("labels are targets in regression")
+    with pytest.raises(ShapeError):
+        TaskBatch(batch.support_x, batch.support_y + WAYS, batch.query_x, batch.query_y,
+                  batch.ways, batch.shots, batch.queries)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_through_yaml_and_set(name):
+    spec = algorithms.get(name)
+    cfg = spec.make_config()
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    text = yaml.safe_dump({"algorithm": {"name": name, **options}})
+    run = from_dict(yaml.safe_load(text))
+    assert spec.make_config(**run.algorithm.options) == cfg
+    field = next((f for f in dataclasses.fields(cfg) if f.type in ("float", float)), None)
+    if field is not None:
+        d = apply_overrides({"algorithm": {"name": name}}, [f"algorithm.{field.name}=0.25"])
+        assert from_dict(d).algorithm.options[field.name] == 0.25
+
+
+def test_registry_names_equal_file_stems_and_every_file_registers():
+    folder = Path(algorithms.__file__).parent
+    stems = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    for name in NAMES:
+        spec = algorithms.get(name)
+        stem = spec.cls.__module__.rsplit(".", 1)[1]
+        if spec.defaults:  # a variant: registered defaults on another algorithm's class
+            assert stem in NAMES and stem != name
+        else:
+            assert stem == name, f"'{name}' lives in {stem}.py"
+    registered = {algorithms.get(n).cls.__module__.rsplit(".", 1)[1] for n in NAMES}
+    assert stems == registered, f"files that register nothing: {stems - registered}"

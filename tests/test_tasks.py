@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from metazoo.data.base import ClassDataset
+from metazoo.errors import DataError, ShapeError
+from metazoo.tasks import EpisodeSampler, TaskBatch
+from tests.conftest import make_dataset
+
+
+def test_batch_shapes_and_labels(dataset):
+    b = EpisodeSampler(dataset, 5, 2, 3, seed=1).batch(0, 4)
+    assert b.support_x.shape == (4, 10, 1, 28, 28) and b.query_x.shape == (4, 15, 1, 28, 28)
+    assert b.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert b.kind == "classification" and len(b) == 4
+    assert 0.0 <= float(b.support_x.min()) and float(b.support_x.max()) <= 1.0
+
+
+def test_episode_is_pure_function_of_seed_split_index(dataset):
+    a = EpisodeSampler(dataset, 5, 1, 2, seed=3)
+    b = EpisodeSampler(dataset, 5, 1, 2, seed=3)
+    assert torch.equal(a.batch(7, 2).query_x, b.batch(7, 2).query_x)
+    # episode e is the same whatever the batch size it is drawn in
+    assert torch.equal(a.batch(1, 2).support_x[1], b.batch(3, 1).support_x[0])
+    assert not torch.equal(a.batch(0, 1).support_x, a.batch(1, 1).support_x)
+    other_seed = EpisodeSampler(dataset, 5, 1, 2, seed=4)
+    assert not torch.equal(a.indices(0)[0], other_seed.indices(0)[0])
+
+
+def test_split_name_changes_episodes():
+    a = EpisodeSampler(make_dataset(name="x/train"), 5, 1, 2, seed=0)
+    b = EpisodeSampler(make_dataset(name="x/test"), 5, 1, 2, seed=0)
+    assert not torch.equal(a.indices(0)[0], b.indices(0)[0])
+
+
+def test_support_and_query_never_overlap_and_stay_in_class(dataset):
+    s = EpisodeSampler(dataset, 6, 2, 4, seed=0)
+    for e in range(50):
+        sup, qry = s.indices(e)
+        assert not set(sup.tolist()) & set(qry.tolist())
+        sl, ql = dataset.labels[sup].view(6, 2), dataset.labels[qry].view(6, 4)
+        assert (sl == sl[:, :1]).all() and (ql == sl[:, :1]).all()  # one class per row
+        assert sl[:, 0].unique().numel() == 6  # distinct classes
+
+
+def test_ragged_classes_sample_only_existing_rows():
+    counts = [3, 7, 4, 5]
+    imgs = torch.arange(sum(counts), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    labels = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    ds = ClassDataset(imgs.contiguous(), labels, ("a", "b", "c", "d"), "ragged/train")
+    s = EpisodeSampler(ds, 4, 1, 2, seed=0)
+    for e in range(30):
+        sup, qry = s.indices(e)
+        rows = torch.cat([sup.view(4, 1), qry.view(4, 2)], 1)
+        assert (ds.labels[rows] == ds.labels[rows[:, :1]]).all()
+
+
+def test_too_many_ways_or_examples_raise(dataset):
+    with pytest.raises(DataError, match="13-way episodes need 13 classes"):
+        EpisodeSampler(dataset, 13, 1, 1, seed=0)
+    with pytest.raises(DataError, match="only 6"):
+        EpisodeSampler(dataset, 5, 3, 4, seed=0)
+
+
+def test_taskbatch_validates_labels_and_shapes():
+    x = torch.zeros(1, 4, 1, 2, 2)
+    y = torch.tensor([[0, 0, 1, 1]])
+    TaskBatch(x, y, x, y, 2, 2, 2)
+    with pytest.raises(ShapeError, match="labels 0..2"):
+        TaskBatch(x, torch.tensor([[0, 0, 1, 2]]), x, y, 2, 2, 2)
+    with pytest.raises(ShapeError, match="expected"):
+        TaskBatch(x, y, torch.zeros(1, 3, 1, 2, 2), y, 2, 2, 2)
+    with pytest.raises(ShapeError, match="shots >= 1"):
+        TaskBatch(x[:, :0], y[:, :0], x, y, 2, 0, 2)
+    with pytest.raises(ShapeError, match="differ"):
+        TaskBatch(x, y, torch.zeros(1, 4, 1, 3, 3), y, 2, 2, 2)
+
+
+def test_rotations_make_new_classes(dataset):
+    r = dataset.with_rotations("synthetic/rot")
+    assert r.num_classes == 4 * dataset.num_classes and len(r) == 4 * len(dataset)
+    first = r.images[int(r.class_offsets[dataset.num_classes])]
+    assert torch.equal(first, torch.rot90(dataset.images[0], 1, dims=(1, 2)))
