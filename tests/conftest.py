@@ -56,3 +56,25 @@ def regression_batch(shots: int = 5, queries: int = 4, tasks: int = 2, seed: int
     xs = torch.rand(tasks, shots, 1, generator=g) * 10 - 5
     xq = torch.rand(tasks, queries, 1, generator=g) * 10 - 5
     return TaskBatch(xs, amp * torch.sin(xs), xq, amp * torch.sin(xq), 1, shots, queries)
+
+
+@pytest.fixture
+def synthetic_data(monkeypatch):
+    """Registers dataset 'synthetic' (12-24 separable random classes per split) for engine tests."""
+    import sys
+    import types
+
+    import metazoo.data as data
+
+    splits = {"train": 0, "val": 1, "test": 2}
+
+    def load(split, *, root, download, image_size, seed):
+        return make_dataset(classes=24 if split == "train" else 12, per_class=8,
+                            name=f"synthetic/{split}", size=image_size, seed=splits[split])
+
+    module = types.ModuleType("metazoo.data.synthetic")
+    module.load = load
+    monkeypatch.setitem(sys.modules, "metazoo.data.synthetic", module)
+    monkeypatch.setitem(data.DATASETS, "synthetic", data.DatasetSpec(
+        "synthetic", "synthetic", "images", tuple(splits), "test data", False))
+    return "synthetic"

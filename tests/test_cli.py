@@ -1,0 +1,59 @@
+"""The command line: user errors are one line on stderr with exit status 2."""
+
+import json
+
+import pytest
+
+from metazoo.cli import main
+
+FAST = ["data.name=synthetic", "model.hidden=8", "train.progress=false", "train.meta_steps=4",
+        "train.tensorboard=false", "eval.every=2", "eval.val_episodes=4", "eval.episodes=10",
+        "eval.queries=3", "data.queries=3"]
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("metazoo: error:"), err
+    assert match in err, err
+    return err
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["train", "--preset", "protonet-omniglot-5w11s"], "unknown preset"),
+    (["train", "--set", "train.meta_stpes=3"], "did you mean 'meta_steps'"),
+    (["train", "--set", "train.outer_lr=fast"], "must be a number"),
+    (["train", "--set", "algorithm.name=protonett"], "did you mean 'protonet'"),
+    (["train", "--set", "data.name=omniglott"], "unknown dataset"),
+    (["train", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["eval", "/nonexistent-run"], "not a run folder"),
+])
+def test_user_errors_are_one_line(capsys, tmp_path, argv, match):
+    _one_line_error(capsys, [*argv, "--out", str(tmp_path)] if argv[0] == "train" else argv,
+                    match)
+
+
+def test_too_many_ways_and_examples(capsys, tmp_path, synthetic_data):
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "a"), "--set", *FAST,
+                             "data.ways=30"], "30-way episodes need 30 classes")
+    _one_line_error(capsys, ["train", "--out", str(tmp_path / "b"), "--set", *FAST,
+                             "data.shots=5", "data.queries=5"], "lower shots or queries")
+
+
+def test_train_eval_plot_and_no_overwrite(capsys, tmp_path, synthetic_data):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--set", *FAST]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    _one_line_error(capsys, ["train", "--out", str(run), "--set", *FAST], "--resume")
+    assert main(["eval", str(run), "--episodes", "12", "--ways", "3"]) == 0
+    assert "12 episodes, 3-way" in capsys.readouterr().out
+    result = json.loads((run / "results.json").read_text())
+    assert result["episodes"] == 12 and result["ways"] == 3
+    assert main(["plot", str(run)]) == 0
+    assert (run / "learning_curves.png").stat().st_size > 1000
+
+
+def test_list_shows_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "protonet" in out and "glyphs" in out and "presets:" in out
