@@ -1,17 +1,39 @@
-"""Functional helpers: parameters as dicts, and a batch norm that is exact under `torch.vmap`.
+"""Functional helpers: parameters as dicts, calls with given parameters, and batch norm.
 
-torch 2.13's training-mode `F.batch_norm` gives wrong second-order gradients under `vmap` (see
-`tests/test_functional.py`); the batch norm here is written from `var_mean` and `rsqrt`, whose
-derivatives vmap handles exactly. It normalises with the statistics of the batch at hand and keeps
-no running statistics, so it can run inside `vmap` and `functional_call` without writing state.
+Parameters travel as `dict[str, Tensor]` (`Params`) and a module runs with them through
+`call(module, params, x)` (`torch.func.functional_call`), so adaptation never writes to a module.
+
+Batch norm. torch 2.13's training-mode `F.batch_norm` gives wrong second-order gradients under
+`torch.vmap` (see `tests/test_functional.py`); `batch_norm` here is written from `var_mean` and
+`rsqrt`, whose derivatives vmap handles exactly. It keeps no running statistics: every call
+normalises with statistics computed from rows of its own input, in one of two modes:
+
+* transductive (`stats_rows=None`, the default): the statistics of the whole batch at hand, so the
+  support set and the query set are each normalised with their own statistics, as in MAML's code
+  and learn2learn. A query's prediction then depends on the other queries of its batch.
+* non-transductive (`stats_rows=n`): the input is `[support; query]` concatenated and only its
+  first `n` rows (the support set) give the statistics, so a query's prediction depends on the
+  support set and on itself alone.
+
+`call(module, params, x, stats_rows=n)` selects the mode for every `BatchNorm` inside `module`. The
+row count reaches nested layers through a context variable that is set for the duration of that
+call only and reset after it (also on error): no module or global state survives the call, and
+backbones need no extra forward argument.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from metazoo.types import Params
+
+_STATS_ROWS: ContextVar[int | None] = ContextVar("metazoo_bn_stats_rows", default=None)
 
 
 def params_of(module: nn.Module) -> Params:
@@ -19,25 +41,73 @@ def params_of(module: nn.Module) -> Params:
     return dict(module.named_parameters())
 
 
-def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Normalise `x` (`[M, C, ...]`) per channel with the batch's mean and biased variance."""
+def split_params(params: Params, prefix: str) -> tuple[Params, Params]:
+    """Split `params` into those whose name starts with `prefix` and the rest.
+
+    ANIL adapts only the head: `head, body = split_params(params, "head.")`.
+    """
+    inside = {k: v for k, v in params.items() if k.startswith(prefix)}
+    return inside, {k: v for k, v in params.items() if not k.startswith(prefix)}
+
+
+@contextmanager
+def statistics_rows(rows: int | None) -> Iterator[None]:
+    """Within the block, every `batch_norm` takes its statistics from the first `rows` rows."""
+    token = _STATS_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _STATS_ROWS.reset(token)
+
+
+def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None = None
+         ) -> Tensor:
+    """`module(x)` with `params` in place of its parameters (missing names keep the module's).
+
+    Args:
+        module: any module; it is not modified.
+        params: name -> tensor, names as in `module.named_parameters()`.
+        x: the input, `[M, *x]`.
+        stats_rows: `None` for transductive batch norm; `n` to normalise every row with the
+            statistics of the first `n` rows (non-transductive, `x = [support; query]`).
+    """
+    with statistics_rows(stats_rows):
+        return functional_call(module, params, (x,))
+
+
+def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5,
+               stats_rows: int | None = None) -> Tensor:
+    """Normalise `x` (`[M, C, ...]`) per channel with a batch mean and biased variance.
+
+    Args:
+        x: the input, `[M, C, ...]`.
+        weight, bias: per-channel scale and shift `[C]`, or `None`.
+        eps: added to the variance.
+        stats_rows: take the statistics from `x[:stats_rows]` only; `None` uses the
+            surrounding `call(..., stats_rows=)` setting (default: all rows).
+    """
+    rows = _STATS_ROWS.get() if stats_rows is None else stats_rows
     dims = [0, *range(2, x.dim())]
-    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-    y = (x - mean) * torch.rsqrt(var + eps)
+    ref = x if rows is None else x[:rows]
+    var, mean = torch.var_mean(ref, dim=dims, keepdim=True, correction=0)
     shape = [1, -1] + [1] * (x.dim() - 2)
-    if weight is not None:
-        y = y * weight.view(shape)
-    if bias is not None:
-        y = y + bias.view(shape)
-    return y
+    scale = torch.rsqrt(var + eps)  # [1, C, 1, ...]
+    if weight is not None:  # fold the scale into the [C] vector, not the full-size tensor
+        scale = scale * weight.view(shape)
+    y = (x - mean) * scale
+    return y if bias is None else y + bias.view(shape)
 
 
 class BatchNorm(nn.Module):
-    """Per-channel batch norm over the batch at hand (transductive), exact under `vmap`.
+    """Per-channel batch norm with batch statistics only (no running stats), exact under `vmap`.
+
+    Transductive by default; inside `call(..., stats_rows=n)` it is non-transductive (see the
+    module docstring).
 
     Args:
         channels: number of channels C of inputs `[M, C, ...]`.
         affine: learn a scale and shift per channel.
+        eps: added to the variance.
     """
 
     def __init__(self, channels: int, *, affine: bool = True, eps: float = 1e-5) -> None:
