@@ -22,6 +22,7 @@ from metazoo.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 RESAMPLE = Image.Resampling.LANCZOS
+GRAY_TOLERANCE = 3  # max channel spread (levels) of a pixel that still counts as gray
 
 Source = bytes | str | os.PathLike[str]
 
@@ -92,11 +93,16 @@ def decode_gray(source: Source, image_size: int, *, invert: bool = True,
 
 
 def is_grayscale(img: Image.Image) -> bool:
-    """Whether an image carries no colour (mode 1/L/I/F, or RGB/palette with R == G == B)."""
+    """Whether an image carries no colour: mode 1/L/I/F, or RGB/palette with R ~= G ~= B.
+
+    Lossy codecs (JPEG, WebP) store colour as YUV, so a gray image can come back with channels one
+    or two levels apart; differences up to `GRAY_TOLERANCE` still count as gray.
+    """
     if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
         return True
-    rgb = np.asarray(_flatten_alpha(img).convert("RGB"))
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    rgb = np.asarray(_flatten_alpha(img).convert("RGB"), dtype=np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return bool(spread.max() <= GRAY_TOLERANCE)
 
 
 def list_images(folder: Path) -> list[Path]:
