@@ -65,7 +65,8 @@ class TaskBatch:
                            ("query", self.query_y, self.query_x)):
             if tuple(y.shape[:2]) != tuple(x.shape[:2]):
                 raise ShapeError(
-                    f"{name}_y has shape {tuple(y.shape)}; expected leading dims {tuple(x.shape[:2])}"
+                    f"{name}_y has shape {tuple(y.shape)}; expected leading dims "
+                    f"{tuple(x.shape[:2])}"
                 )
             if self.kind == "classification":
                 if y.dim() != 2:

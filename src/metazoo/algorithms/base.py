@@ -154,9 +154,7 @@ class Algorithm(nn.Module):
         return ways
 
     def _use_vmap(self, batch_size: int) -> bool:
-        if self.strategy == "loop" or not self.vmappable or batch_size == 1:
-            return False
-        return True
+        return not (self.strategy == "loop" or not self.vmappable or batch_size == 1)
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean over tasks of `task_loss`, and the mean of each metric."""
@@ -176,7 +174,10 @@ class Algorithm(nn.Module):
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                 ways: int | None = None) -> Tensor:
-        """Batched `adapt(support)(query)`: `[B, N*K, *x]`, `[B, N*K]`, `[B, M, *x]` -> `[B, M, N]`."""
+        """Batched `adapt(support)(query)`: `[B, N*K, *x]`, `[B, N*K]`, `[B, M, *x]` -> `[B, M, N]`.
+
+        `ways` defaults to the N the algorithm was built for.
+        """
         n = self.check_ways(ways or self.ways)
 
         def one(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:

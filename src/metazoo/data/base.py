@@ -45,7 +45,8 @@ class ClassDataset:
             raise DataError(f"dataset '{self.name}': rows must be sorted by label")
         counts = torch.bincount(self.labels, minlength=len(self.class_names))
         if counts.numel() != len(self.class_names) or bool((counts == 0).any()):
-            raise DataError(f"dataset '{self.name}': labels must cover 0..{len(self.class_names) - 1}"
+            last = len(self.class_names) - 1
+            raise DataError(f"dataset '{self.name}': labels must cover 0..{last}"
                             " with at least one image each")
         object.__setattr__(self, "class_counts", counts)
         object.__setattr__(self, "class_offsets", torch.cumsum(counts, 0) - counts)
@@ -78,7 +79,7 @@ class ClassDataset:
 
     def with_rotations(self, name: str) -> ClassDataset:
         """Each class also at 90, 180 and 270 degrees, as new classes (Santoro et al. 2016)."""
-        c, h, w = self.image_shape
+        _c, h, w = self.image_shape
         if h != w:
             raise DataError(f"dataset '{self.name}': rotations as classes need square images")
         counts = self.class_counts

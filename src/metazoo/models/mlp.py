@@ -1,7 +1,8 @@
-"""A fully connected ReLU network: MAML's 40-40 regressor for sinusoid tasks (Finn et al. 2017, Sec. 5.1)."""
+"""A fully connected ReLU network: MAML's 40-40 sinusoid regressor (Finn et al. 2017, Sec. 5.1)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(widths, widths[1:], strict=False):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.layers = nn.Sequential(*layers)
         self.input_shape = tuple(input_shape)
