@@ -137,13 +137,12 @@ def error_rates(predict: Predict, runs: list[OneShotRun]) -> dict[str, float]:
     if not runs:
         raise DataError("no one-shot runs to evaluate")
     out: dict[str, float] = {}
-    with torch.no_grad():
-        for run in runs:
-            logits = predict(run.support_x, run.support_y, run.query_x)
-            if logits.shape != (run.query_x.shape[0], run.support_x.shape[0]):
-                raise DataError(f"{run.name}: predict returned {tuple(logits.shape)}, expected "
-                                f"[{run.query_x.shape[0]}, {run.support_x.shape[0]}]")
-            pred = logits.argmax(dim=-1)
-            out[run.name] = float((pred != run.query_y).float().mean())
+    for run in runs:  # no torch.no_grad here: gradient-based predictors differentiate inside
+        logits = predict(run.support_x, run.support_y, run.query_x)
+        if logits.shape != (run.query_x.shape[0], run.support_x.shape[0]):
+            raise DataError(f"{run.name}: predict returned {tuple(logits.shape)}, expected "
+                            f"[{run.query_x.shape[0]}, {run.support_x.shape[0]}]")
+        pred = logits.detach().argmax(dim=-1)
+        out[run.name] = float((pred != run.query_y).float().mean())
     out["mean"] = sum(out.values()) / len(runs)
     return out
