@@ -4,8 +4,8 @@ Parameters travel as `dict[str, Tensor]` (`Params`) and a module runs with them 
 `call(module, params, x)` (`torch.func.functional_call`), so adaptation never writes to a module.
 
 Batch norm. torch 2.13's training-mode `F.batch_norm` gives wrong second-order gradients under
-`torch.vmap` (see `tests/test_functional.py`); `batch_norm` here is written from `var_mean` and
-`rsqrt`, whose derivatives vmap handles exactly. It keeps no running statistics: every call
+`torch.vmap` (see `tests/test_functional.py`); `batch_norm` here is written from sums and `rsqrt`,
+whose derivatives vmap handles exactly. It keeps no running statistics: every call
 normalises with statistics computed from rows of its own input, in one of two modes:
 
 * transductive (`stats_rows=None`, the default): the statistics of the whole batch at hand, so the
@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -75,6 +76,33 @@ def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None
         return functional_call(module, params, (x,))
 
 
+def _statistics(x: Tensor, stats_rows: int | None) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance `[1, C, 1, ...]` of `x[:stats_rows]` (or all of x).
+
+    Two passes (mean, then the mean square deviation) of plain sums: as exact as `var_mean`
+    and several times faster on CPU, where `var_mean` over dims (0, 2, 3) is a slow Welford loop.
+    """
+    rows = _STATS_ROWS.get() if stats_rows is None else stats_rows
+    ref = x if rows is None else x[:rows]
+    dims = [0, *range(2, x.dim())]
+    n = ref.numel() // ref.shape[1]
+    mean = ref.sum(dims, keepdim=True) / n
+    dev = ref - mean
+    return mean, (dev * dev).sum(dims, keepdim=True) / n
+
+
+def _scale_shift(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                 stats_rows: int | None) -> tuple[Tensor, Tensor]:
+    """Batch norm as a per-channel affine map `x * scale + shift`, both `[1, C, 1, ...]`."""
+    mean, var = _statistics(x, stats_rows)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.view(shape)
+    shift = -mean * scale
+    return scale, shift if bias is None else shift + bias.view(shape)
+
+
 def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5,
                stats_rows: int | None = None) -> Tensor:
     """Normalise `x` (`[M, C, ...]`) per channel with a batch mean and biased variance.
@@ -86,16 +114,25 @@ def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         stats_rows: take the statistics from `x[:stats_rows]` only; `None` uses the
             surrounding `call(..., stats_rows=)` setting (default: all rows).
     """
-    rows = _STATS_ROWS.get() if stats_rows is None else stats_rows
-    dims = [0, *range(2, x.dim())]
-    ref = x if rows is None else x[:rows]
-    var, mean = torch.var_mean(ref, dim=dims, keepdim=True, correction=0)
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    scale = torch.rsqrt(var + eps)  # [1, C, 1, ...]
-    if weight is not None:  # fold the scale into the [C] vector, not the full-size tensor
-        scale = scale * weight.view(shape)
-    y = (x - mean) * scale
-    return y if bias is None else y + bias.view(shape)
+    scale, shift = _scale_shift(x, weight, bias, eps, stats_rows)
+    return torch.addcmul(shift, x, scale)  # only [C]-sized ops touch the parameters
+
+
+def batch_norm_relu_pool(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                         eps: float = 1e-5, kernel: int = 2) -> Tensor:
+    """`max_pool2d(relu(batch_norm(x)), kernel)` for `[M, C, H, W]`, pooling first.
+
+    Batch norm is a per-channel affine map a*x + c (statistics taken before pooling, as usual),
+    and max-pooling commutes with it when a > 0 and turns into min-pooling when a < 0; ReLU
+    commutes with max-pooling. So the output equals relu(a * s * maxpool(s * x) + c) with
+    s = sign(a): the affine map and the ReLU then run on a tensor `kernel**2` times smaller, and
+    so do their first and second derivatives. Gradients equal the unfused ones wherever the
+    max is unique (almost everywhere).
+    """
+    scale, shift = _scale_shift(x, weight, bias, eps, None)
+    sign = torch.where(scale >= 0, 1.0, -1.0).to(x.dtype)  # [1, C, 1, 1], no gradient
+    pooled = F.max_pool2d(x * sign, kernel) * sign  # max or min per channel, [M, C, H/k, W/k]
+    return torch.relu(torch.addcmul(shift, pooled, scale))
 
 
 class BatchNorm(nn.Module):

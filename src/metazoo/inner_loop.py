@@ -28,7 +28,8 @@ LearningRate = float | Tensor | Params
 """A scalar (float or 0-d tensor) or one tensor per parameter, broadcastable to it."""
 
 
-def _grads(loss_fn: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
+def grads(loss_fn: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
+    """Gradient of `loss_fn` at `params` by name; with its graph unless `first_order`."""
     if maybe_current_level() is not None:  # inside vmap/grad: only torch.func sees the batch
         inputs = {k: v.detach() for k, v in params.items()} if first_order else params
         return torch.func.grad(loss_fn)(inputs)
@@ -86,7 +87,7 @@ def sgd_steps(loss_fn: Callable[[Params], Tensor], params: Params, *, steps: int
     trajectory = [params]
     for t in range(steps):
         alpha = _step_lr(lr, t, steps)
-        g = _grads(loss_fn, params, first_order)
+        g = grads(loss_fn, params, first_order)
         if isinstance(alpha, dict):
             params = {k: v - alpha[k] * g[k] if k in alpha else v for k, v in params.items()}
         else:

@@ -6,7 +6,10 @@ the spec (family, paper, config class).
 
 from __future__ import annotations
 
-from metazoo.algorithms import protonet  # noqa: F401  (registers "protonet")
+from metazoo.algorithms import (
+    maml,  # noqa: F401
+    protonet,  # noqa: F401  (registers "protonet")
+)
 from metazoo.algorithms.base import (
     Algorithm,
     AlgorithmConfig,
