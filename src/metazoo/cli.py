@@ -19,6 +19,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from metazoo.data import list_datasets
 
     what = args.what
+    if args.markdown:
+        print(algorithm_table())
+        return 0
     if what in ("all", "algorithms"):
         print("algorithms:")
         for name in algorithms.names():
@@ -33,6 +36,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for p in preset_names():
             print(f"  {p}")
     return 0
+
+
+def algorithm_table() -> str:
+    """The README's algorithm table (Markdown), made from the registry and the presets."""
+    from metazoo import algorithms
+    from metazoo.config import preset_names
+
+    rows = ["| family | algorithm | paper | file | presets |", "|---|---|---|---|---|"]
+    presets = preset_names()
+    for name in sorted(algorithms.names(), key=lambda n: (algorithms.get(n).family, n)):
+        s = algorithms.get(name)
+        stem = s.cls.__module__.rsplit(".", 1)[1]
+        mine = ", ".join(f"`{p}`" for p in presets if p.split("-")[0] == name) or "-"
+        rows.append(f"| {s.family} | {s.display} (`{name}`) | {s.paper} | "
+                    f"[{stem}.py](src/metazoo/algorithms/{stem}.py) | {mine} |")
+    return "\n".join(rows)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -107,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="algorithms, datasets and presets")
     ls.add_argument("what", nargs="?", default="all",
                     choices=["all", "algorithms", "datasets", "presets"])
+    ls.add_argument("--markdown", action="store_true",
+                    help="print the README's algorithm table")
     ls.set_defaults(func=_cmd_list)
 
     tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")

@@ -52,6 +52,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     grad_clip: float | None = None  # clip the meta-gradient's global norm
     log_every: int = 50  # steps between CSV rows of training metrics
+    time_limit_min: float | None = None  # stop (checkpoint, validate, test) after this long
     checkpoint_every: int = 500  # steps between checkpoints (also written at each validation)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed

@@ -81,3 +81,9 @@ def test_lr_schedules():
     assert lr_factor(cfg, 0) == 1.0 and lr_factor(cfg, 50) == pytest.approx(0.5)
     cfg = load_config(overrides=["train.schedule=step", "train.lr_step_every=10"]).train
     assert lr_factor(cfg, 9) == 1.0 and lr_factor(cfg, 25) == 0.25
+
+
+def test_time_limit_stops_early_and_still_tests(tmp_path, synthetic_data):
+    out = train(_cfg("train.meta_steps=100000", "train.time_limit_min=0.00001"), tmp_path)
+    _, meta = checkpoint.load(tmp_path / "checkpoint.safetensors")
+    assert meta["step"] == 1 and out["episodes"] == 20

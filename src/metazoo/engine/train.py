@@ -115,6 +115,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     bar = tqdm(range(start_step, t.meta_steps), initial=start_step, total=t.meta_steps,
                disable=not t.progress, desc="meta-train", unit="step", dynamic_ncols=True)
     alg.train()
+    started = time.perf_counter()
     for step in bar:
         batch = train_src.batch(step, t.meta_batch_size).to(device)
         loss, metrics = alg.meta_loss(batch)
@@ -129,7 +130,10 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
             sums[k] += float(v.detach())
         window_steps += 1
         done = step + 1
-        if done % t.log_every == 0 or done == t.meta_steps:
+        out_of_time = bool(t.time_limit_min) and (
+            time.perf_counter() - started > 60 * (t.time_limit_min or 0))
+        last = done == t.meta_steps or out_of_time
+        if done % t.log_every == 0 or last:
             secs = time.perf_counter() - window_start
             means = {k: v / window_steps for k, v in sums.items()}
             eps = window_steps * t.meta_batch_size / max(secs, 1e-9)
@@ -138,7 +142,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "eps/s": f"{eps:.1f}"})
             sums.clear()
             window_start, window_steps = time.perf_counter(), 0
-        if val_src is not None and (done % cfg.eval.every == 0 or done == t.meta_steps):
+        if val_src is not None and (done % cfg.eval.every == 0 or last):
             result = evaluate(alg, val_src, episodes=cfg.eval.val_episodes,
                               batch_size=cfg.eval.batch_size, split="val", device=device)
             log.write(done, "val", seconds=result.seconds, ci95=result.ci95,
@@ -147,8 +151,11 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
                 best = result.mean
                 _save_best(run_dir / BEST, alg, done, result, shape)
             _save_state(run_dir / CHECKPOINT, alg, opt, done, best, shape)
-        elif done % t.checkpoint_every == 0 or done == t.meta_steps:
+        elif done % t.checkpoint_every == 0 or last:
             _save_state(run_dir / CHECKPOINT, alg, opt, done, best, shape)
+        if out_of_time:
+            print(f"train.time_limit_min={t.time_limit_min} reached after {done} steps")
+            break
     bar.close()
     log.close()
     if start_step == t.meta_steps == 0 or not (run_dir / CHECKPOINT).exists():
