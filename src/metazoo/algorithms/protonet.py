@@ -9,7 +9,8 @@ and a query is classified by a softmax over negative distances to the prototypes
     p(y = k | x) = softmax_k(-d(f_phi(x), c_k)),   d = squared Euclidean (Sec. 2.7).
 The meta-loss is the query cross-entropy J(phi) = -log p(y = k | x) (Algorithm 1).
 No head is learned, so the training ways may exceed the test ways (the paper trains 60-way for
-Omniglot and tests 5- and 20-way).
+Omniglot and tests 5- and 20-way). Support and query are embedded in one backbone pass, as in the
+paper's code, so batch norm uses the statistics of the whole episode (transductive).
 Presets: protonet-omniglot-5w1s, -5w5s, -20w1s, -20w5s, protonet-glyphs-5w1s.
 """
 
@@ -62,15 +63,18 @@ class ProtoNet(Algorithm):
     def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
               ) -> Predictor:
         n = ways or self.ways
-        protos = prototypes(self.backbone(support_x), support_y, n)  # [N, D]
         cfg = self.config
 
         def predict(query_x: Tensor) -> Tensor:
-            z = self.backbone(query_x)  # [M, D]
+            # One backbone pass over [support; query], as the paper's code: batch norm sees one
+            # batch (transductive), and the pass is faster than two smaller ones.
+            z = self.backbone(torch.cat([support_x, query_x]))  # [N*K + M, D]
+            protos = prototypes(z[: support_x.shape[0]], support_y, n)  # [N, D] (Eq. 1)
+            zq = z[support_x.shape[0]:]  # [M, D]
             if cfg.distance == "cosine":
-                d = 1.0 - F.normalize(z, dim=-1) @ F.normalize(protos, dim=-1).T
+                d = 1.0 - F.normalize(zq, dim=-1) @ F.normalize(protos, dim=-1).T
             else:
-                d = sq_distances(z, protos)  # [M, N] (Eq. 2)
+                d = sq_distances(zq, protos)  # [M, N] (Eq. 2)
             return -d / cfg.temperature
 
         return predict
