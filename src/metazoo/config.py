@@ -28,7 +28,7 @@ class DataConfig:
     root: str | None = None  # data folder; else $METAZOO_DATA, else ~/.cache/metazoo
     download: bool = False  # fetch missing archives from their official source
     image_size: int = 28  # images are resized to image_size x image_size
-    ways: int = 5  # N of the meta-training episodes
+    ways: int = 20  # N of the meta-training episodes (more than at test: Snell et al. Sec. 3.1)
     shots: int = 1  # K of the meta-training episodes
     queries: int = 15  # Q (per class) of the meta-training episodes
 
@@ -43,7 +43,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    meta_steps: int = 2000  # outer-loop updates
+    meta_steps: int = 500  # outer-loop updates
     meta_batch_size: int = 1  # tasks per outer update
     outer_lr: float = 1e-3  # Adam learning rate of the meta-parameters
     weight_decay: float = 0.0
@@ -65,7 +65,7 @@ class EvalConfig:
     shots: int = 1
     queries: int = 15
     episodes: int = 600  # fixed test episodes at the end of training (the papers use 600-1000)
-    every: int = 500  # validate every this many steps (0: never; the last weights are kept)
+    every: int = 250  # validate every this many steps (0: never; the last weights are kept)
     val_episodes: int = 200  # fixed validation episodes
     split: str = "test"  # split of the final evaluation
     batch_size: int = 16  # episodes evaluated together
