@@ -6,7 +6,15 @@ import torch
 from metazoo.errors import ConfigError
 from metazoo.inner_loop import sgd_steps
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 for this module only (a module-level default would leak into other tests)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _quadratic(a: torch.Tensor, b: torch.Tensor):
