@@ -93,3 +93,23 @@ def test_torch_batch_norm_is_wrong_under_vmap_second_order():
 
     loop, vmapped = _meta_grads(native)
     torch.testing.assert_close(vmapped, loop, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_batch_norm_relu_pool_equals_the_block_with_negative_scales():
+    from metazoo.functional import batch_norm_relu_pool
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 6, 6, generator=g, dtype=DT, requires_grad=True)
+    w = torch.tensor([1.5, -0.7, 0.3], dtype=DT, requires_grad=True)  # one negative scale
+    b = torch.randn(3, generator=g, dtype=DT, requires_grad=True)
+    fused = batch_norm_relu_pool(x, w, b)
+    ref = F.max_pool2d(torch.relu(batch_norm(x, w, b)), 2)
+    torch.testing.assert_close(fused, ref)
+    gf = torch.autograd.grad((fused**2).sum(), [x, w, b], create_graph=True)
+    gr = torch.autograd.grad((ref**2).sum(), [x, w, b], create_graph=True)
+    for a, r in zip(gf, gr, strict=True):
+        torch.testing.assert_close(a, r)
+    hf = torch.autograd.grad(sum((t**2).sum() for t in gf), [x, w, b])
+    hr = torch.autograd.grad(sum((t**2).sum() for t in gr), [x, w, b])
+    for a, r in zip(hf, hr, strict=True):
+        torch.testing.assert_close(a, r)

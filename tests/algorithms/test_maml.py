@@ -153,3 +153,48 @@ def test_registry_variants_and_errors():
     with pytest.raises(ShapeError):
         model.predict(torch.zeros(1, 3, 1), torch.zeros(1, 3, dtype=torch.long),
                       torch.zeros(1, 3, 1), ways=3)
+
+
+def _pre_and_post_mse(model, batch):
+    model.eval()
+    with torch.no_grad():
+        pre = ((torch.vmap(model)(batch.query_x) - batch.query_y) ** 2).mean()
+        post = model.predict(batch.support_x, batch.support_y, batch.query_x)
+    return pre, ((post - batch.query_y) ** 2).mean()
+
+
+@pytest.mark.slow
+def test_learns_sinusoid_regression():
+    from metazoo.data.sinusoid import SinusoidTasks
+
+    torch.manual_seed(0)
+    model = build("maml", MLP((1,), (40, 40)), ways=1, inner_lr=0.01, eval_inner_steps=10)
+    assert model._strategy() == "vmap"  # auto: the fastest for an MLP
+    tasks = SinusoidTasks(shots=10, queries=10, seed=0, split="train")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(1500):  # about 15 s on one idle core
+        opt.zero_grad()
+        model.meta_loss(tasks.batch(i, 25))[0].backward()
+        opt.step()
+    pre, post = _pre_and_post_mse(model, SinusoidTasks(10, 10, seed=0, split="test").batch(0, 100))
+    assert post * 5 <= pre, (pre, post)
+
+
+@pytest.mark.slow
+def test_learns_glyphs_5way_1shot():
+    from metazoo.data import glyphs
+    from metazoo.tasks import EpisodeSampler
+
+    torch.manual_seed(0)
+    model = build("maml", Conv4((1, 28, 28), hidden=32), ways=5, eval_inner_steps=3)
+    train = EpisodeSampler(glyphs.load("train"), 5, 1, 5, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(150):
+        opt.zero_grad()
+        model.meta_loss(train.batch(i, 4))[0].backward()
+        opt.step()
+    model.eval()
+    test = EpisodeSampler(glyphs.load("test"), 5, 1, 5, seed=1).batch(0, 100)
+    with torch.no_grad():
+        logits = model.predict(test.support_x, test.support_y, test.query_x)
+    assert (logits.argmax(-1) == test.query_y).float().mean() > 0.6

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""One MAML meta-iteration: metazoo against learn2learn, higher and torchopt, same process setup.
+
+Every implementation starts from the same Conv-4 (64 filters, batch norm with batch statistics)
+plus Linear(64, 5) weights and sees the same synthetic Omniglot-shaped tasks (5-way 1-shot,
+1x28x28, meta-batch 32, query 1 or 15 per class). A meta-iteration is: zero the gradients,
+adapt each task (1 or 5 SGD steps, lr 0.4, first or second order), average the query losses'
+meta-gradient over the tasks, take one Adam step. Each (implementation, configuration) runs in
+its own child process, so peak RSS (VmHWM) is its own; before timing, the child writes the
+meta-gradient of a fixed batch, and the parent compares it with the plain-autograd reference.
+
+Run with the peers' venv (see ../../shared/bench/peers/README.md); metazoo comes from ../src:
+    ~/.cache/metazoo-peers-venv/bin/python benchmarks/maml_vs_peers.py [--quick]
+Output: one JSON object per line (impl, config, median_s, peak_rss_mib, grad_max_abs_diff, plus
+it_per_s, speedup_vs_l2l and matmul_peak_fraction); lines starting with '#' are comments.
+Absolute times depend on the machine and on its other load: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+WAYS, SHOTS, TASKS, INNER_LR, OUTER_LR, THREADS = 5, 1, 32, 0.4, 1e-3, 2
+CONFIGS = {f"{o}{s}_q{q * WAYS}": {"steps": s, "first_order": o == "fo", "queries": q}
+           for q in (1, 15) for o, s in (("so", 1), ("so", 5), ("fo", 5))}
+QUICK = ["so1_q5", "fo5_q5", "so1_q75"]
+IMPLS = ["reference", "l2l", "higher", "torchopt", "metazoo"]
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def peer_model(seed: int = 0) -> nn.Sequential:
+    """Conv-4 + head as the peers use it: torch's BatchNorm2d, batch statistics only."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for c in (1, 64, 64, 64):
+        layers += [nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64, WAYS))
+
+
+def tasks(queries: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(TASKS, WAYS * SHOTS, 1, 28, 28, generator=g)
+    qx = torch.randn(TASKS, WAYS * queries, 1, 28, 28, generator=g)
+    sy = torch.arange(WAYS).repeat_interleave(SHOTS).repeat(TASKS, 1)
+    qy = torch.arange(WAYS).repeat_interleave(queries).repeat(TASKS, 1)
+    return sx, sy, qx, qy
+
+
+# Each builder returns (module whose parameters are meta-learned, meta_grad(batch)); meta_grad
+# leaves the task-averaged meta-gradient in .grad.
+
+def build_reference(steps: int, first_order: bool) -> tuple[nn.Module, Callable[[Batch], None]]:
+    """Plain autograd over torch.func.functional_call, one task at a time."""
+    model = peer_model()
+    names = [n for n, _ in model.named_parameters()]
+
+    def meta_grad(b: Batch) -> None:
+        total = 0.0
+        for i in range(TASKS):
+            w = list(model.parameters())
+            for _ in range(steps):
+                out = torch.func.functional_call(model, dict(zip(names, w, strict=True)), b[0][i])
+                g = torch.autograd.grad(F.cross_entropy(out, b[1][i]), w,
+                                        create_graph=not first_order)
+                w = [p - INNER_LR * gi for p, gi in zip(w, g, strict=True)]
+            out = torch.func.functional_call(model, dict(zip(names, w, strict=True)), b[2][i])
+            total = total + F.cross_entropy(out, b[3][i])
+        (total / TASKS).backward()
+
+    return model, meta_grad
+
+
+def build_l2l(steps: int, first_order: bool) -> tuple[nn.Module, Callable[[Batch], None]]:
+    try:
+        import learn2learn as l2l
+    except RuntimeError:  # torchvision's CUDA wheel on CPU torch: use the peers' import shim
+        sys.path.insert(0, os.path.join(os.path.dirname(ROOT), "shared", "bench", "peers"))
+        import peers_compat
+
+        l2l = peers_compat.import_learn2learn()
+    maml = l2l.algorithms.MAML(peer_model(), lr=INNER_LR, first_order=first_order)
+
+    def meta_grad(b: Batch) -> None:
+        for i in range(TASKS):
+            learner = maml.clone()
+            for _ in range(steps):
+                learner.adapt(F.cross_entropy(learner(b[0][i]), b[1][i]))
+            (F.cross_entropy(learner(b[2][i]), b[3][i]) / TASKS).backward()
+
+    return maml, meta_grad
+
+
+def build_higher(steps: int, first_order: bool) -> tuple[nn.Module, Callable[[Batch], None]]:
+    import higher
+
+    model = peer_model()
+    inner = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    params = list(model.parameters())
+
+    def meta_grad(b: Batch) -> None:
+        for i in range(TASKS):
+            with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
+                                      track_higher_grads=not first_order) as (fmodel, opt):
+                for _ in range(steps):
+                    opt.step(F.cross_entropy(fmodel(b[0][i]), b[1][i]))
+                loss = F.cross_entropy(fmodel(b[2][i]), b[3][i]) / TASKS
+                if not first_order:
+                    loss.backward()
+                    continue
+                # first order: the fast weights are detached; d(query)/d(fast) is the update
+                for p, g in zip(params, torch.autograd.grad(loss, fmodel.fast_params),
+                                strict=True):
+                    p.grad = g if p.grad is None else p.grad + g
+
+    return model, meta_grad
+
+
+def build_torchopt(steps: int, first_order: bool) -> tuple[nn.Module, Callable[[Batch], None]]:
+    import torchopt
+
+    if first_order:
+        raise NotImplementedError("torchopt first-order MAML is not benchmarked")
+    model = peer_model()
+    inner = torchopt.MetaSGD(model, lr=INNER_LR)
+
+    def meta_grad(b: Batch) -> None:
+        start = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
+        opt_start = torchopt.extract_state_dict(inner, by="reference")
+        for i in range(TASKS):
+            for _ in range(steps):
+                inner.step(F.cross_entropy(model(b[0][i]), b[1][i]))
+            (F.cross_entropy(model(b[2][i]), b[3][i]) / TASKS).backward()
+            torchopt.recover_state_dict(model, start)
+            torchopt.recover_state_dict(inner, opt_start)
+
+    return model, meta_grad
+
+
+def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
+                  ) -> tuple[nn.Module, Callable[[Batch], None]]:
+    from metazoo.algorithms import build
+    from metazoo.models.conv4 import Conv4
+    from metazoo.tasks import TaskBatch
+
+    algo = build("maml", Conv4((1, 28, 28), 64), ways=WAYS, inner_lr=INNER_LR,
+                 inner_steps=steps, first_order=first_order)
+    with torch.no_grad():  # the same initial weights as the peers (same parameter order)
+        for mine, theirs in zip(algo.parameters(), peer_model().parameters(), strict=True):
+            mine.copy_(theirs)
+    algo.strategy = strategy  # type: ignore[assignment]
+
+    def meta_grad(b: Batch) -> None:
+        queries = b[2].shape[1] // WAYS
+        algo.meta_loss(TaskBatch(b[0], b[1], b[2], b[3], WAYS, SHOTS, queries))[0].backward()
+
+    return algo, meta_grad
+
+
+def builder(impl: str) -> Callable[[int, bool], tuple[nn.Module, Callable[[Batch], None]]]:
+    if impl.startswith("metazoo-"):  # metazoo-loop, metazoo-vmap, metazoo-first_step
+        return lambda s, fo: build_metazoo(s, fo, impl.split("-", 1)[1])
+    return {"reference": build_reference, "l2l": build_l2l, "higher": build_higher,
+            "torchopt": build_torchopt, "metazoo": build_metazoo}[impl]
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def run_child(impl: str, config: str, iters: int, out_dir: str) -> None:
+    """Time one configuration in this process; write its record and meta-gradient."""
+    torch.set_num_threads(THREADS)
+    cfg = CONFIGS[config]
+    model, meta_grad = builder(impl)(cfg["steps"], cfg["first_order"])
+    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
+    data = [tasks(cfg["queries"], seed) for seed in range(3)]
+    meta_grad(data[0])  # the gradient check, on the untouched initial weights
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.save(grad, os.path.join(out_dir, f"{impl}.{config}.pt"))
+    times = []
+    for k in range(iters + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        meta_grad(data[k % 3])
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    rec = {"median_s": statistics.median(times[1:]), "n": iters, "peak_rss_mib": peak_rss_mib()}
+    with open(os.path.join(out_dir, f"{impl}.{config}.json"), "w") as f:
+        json.dump(rec, f)
+
+
+def analytic_gflop(config: str) -> float:
+    """Conv/linear FLOPs of a meta-iteration: forward F, backward 2F, double backward 4F,
+    so a second-order inner step costs 9F, a first-order one 3F, the query 3F."""
+    cfg = CONFIGS[config]
+    macs, c, h = 0, 1, 28
+    for _ in range(4):
+        macs, c, h = macs + h * h * 64 * c * 9, 64, h // 2
+    f = 2 * (macs + 64 * WAYS)
+    step = (3 if cfg["first_order"] else 9) * f * WAYS * SHOTS
+    return TASKS * (cfg["steps"] * step + 3 * f * WAYS * cfg["queries"]) / 1e9
+
+
+def matmul_gflops(seconds: float = 2.0) -> float:
+    torch.set_num_threads(THREADS)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * 2048**3 / statistics.median(times) / 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=f"configs {QUICK}, 5 timed iterations")
+    ap.add_argument("--configs", help="comma-separated, from " + ",".join(CONFIGS))
+    ap.add_argument("--impls", default=",".join(IMPLS),
+                    help="also metazoo-loop, metazoo-vmap, metazoo-first_step")
+    ap.add_argument("--iters", type=int, help="timed iterations (default 5 quick, 20 full)")
+    ap.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    iters = args.iters or (5 if args.quick else 20)
+    if args.child:
+        run_child(*args.child[:2], iters, args.child[2])
+        return 0
+    configs = (args.configs.split(",") if args.configs else QUICK if args.quick else list(CONFIGS))
+    impls = args.impls.split(",")
+    if "reference" not in impls:
+        impls = ["reference", *impls]
+    peak = matmul_gflops()
+    print(f"# torch {torch.__version__}, {THREADS} threads, matmul peak {peak:.0f} GFLOP/s "
+          f"(2048^2, median), load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    rc = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in configs:
+            l2l_s = None
+            for impl in impls:
+                if impl == "torchopt" and CONFIGS[config]["first_order"]:
+                    continue
+                cmd = [sys.executable, os.path.abspath(__file__), "--iters", str(iters),
+                       "--child", impl, config, tmp]
+                if subprocess.run(cmd).returncode != 0:
+                    print(f"# {impl} {config}: child failed", flush=True)
+                    rc = 1
+                    continue
+                with open(os.path.join(tmp, f"{impl}.{config}.json")) as f:
+                    rec = json.load(f)
+                grad = torch.load(os.path.join(tmp, f"{impl}.{config}.pt"))
+                ref = torch.load(os.path.join(tmp, f"reference.{config}.pt"))
+                l2l_s = rec["median_s"] if impl == "l2l" else l2l_s
+                gflop = analytic_gflop(config)
+                print(json.dumps({
+                    "impl": impl, "config": config, "median_s": round(rec["median_s"], 4),
+                    "peak_rss_mib": round(rec["peak_rss_mib"]),
+                    "grad_max_abs_diff": float((grad - ref).abs().max()),
+                    "it_per_s": round(1 / rec["median_s"], 3), "n": rec["n"],
+                    "speedup_vs_l2l": round(l2l_s / rec["median_s"], 2) if l2l_s else None,
+                    "matmul_peak_fraction": round(gflop / rec["median_s"] / peak, 3),
+                    "load_avg_1min": round(os.getloadavg()[0], 1)}), flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
