@@ -49,6 +49,6 @@ class Conv4(nn.Module):
         if x.device.type == "cpu" and maybe_current_level() is None:  # vmap forbids the layout
             x = x.contiguous(memory_format=torch.channels_last)
         for block in self.features:  # the ReLU and MaxPool2d modules are fused away
-            bn = block[1]
-            x = batch_norm_relu_pool(block[0](x), bn.weight, bn.bias, bn.eps)
+            conv, bn = block[0], block[1]  # type: ignore[index]
+            x = batch_norm_relu_pool(conv(x), bn.weight, bn.bias, bn.eps)
         return x.flatten(1)  # [M, hidden * h' * w']
