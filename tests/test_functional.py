@@ -113,3 +113,27 @@ def test_fused_batch_norm_relu_pool_equals_the_block_with_negative_scales():
     hr = torch.autograd.grad(sum((t**2).sum() for t in gr), [x, w, b])
     for a, r in zip(hf, hr, strict=True):
         torch.testing.assert_close(a, r)
+
+
+def test_native_fast_path_outside_vmap_has_exact_second_order_gradients():
+    """Outside vmap the fused block uses F.batch_norm; its 2nd derivatives equal var_mean's."""
+    import torch.nn.functional as F
+
+    from metazoo.functional import batch_norm_relu_pool
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def reference(x, w, b):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
+        y = (x - mean) * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        return F.max_pool2d(F.relu(y), 2)
+
+    out = []
+    for f in (batch_norm_relu_pool, reference):
+        gx, gw = torch.autograd.grad((f(x, w, b) ** 2).sum(), (x, w), create_graph=True)
+        out.append(torch.autograd.grad(gx.sum() + (gw**2).sum(), (x, w, b)))
+    for got, want in zip(*out, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
