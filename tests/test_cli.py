@@ -57,3 +57,13 @@ def test_list_shows_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "protonet" in out and "glyphs" in out and "presets:" in out
+
+
+def test_plot_draws_the_adaptation_figure_for_sinusoid_runs(tmp_path):
+    run = tmp_path / "sin"
+    assert main(["train", "--preset", "maml-sinusoid", "--out", str(run), "--set",
+                 "train.meta_steps=5", "eval.every=0", "eval.episodes=4", "train.progress=false",
+                 "train.tensorboard=false"]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "adaptation.png").stat().st_size > 1000
+    assert json.loads((run / "results.json").read_text())["metric"] == "mse"

@@ -47,6 +47,54 @@ def plot_learning_curves(run_dir: Path) -> Path:
     return out
 
 
+def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1, 10)) -> Path:
+    """`adaptation.png` for a sinusoid run: the MAML paper's Fig. 2 on test task `task`.
+
+    Draws the true curve, the K support points, the prediction at the meta-learned parameters
+    and after each number of inner steps in `steps`.
+    """
+    import copy
+    from dataclasses import replace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from metazoo.data.sinusoid import SinusoidTasks, curve
+    from metazoo.engine.run import load_run
+
+    cfg, alg = load_run(run_dir)
+    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
+    batch = src.batch(task, 1)
+    amplitude, phase = src.params(task, 1)
+    x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
+    alg.eval()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
+    ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
+            label=f"{cfg.eval.shots} support points")
+    ax.plot(x, alg(x).detach(), ":", color="tab:green", label="meta-learned initialisation")
+    for k in steps:
+        stepped = copy.copy(alg)  # shares the weights; only the number of inner steps differs
+        stepped.config = replace(alg.config, eval_inner_steps=k)  # type: ignore[type-var]
+        pred = stepped.adapt(batch.support_x[0], batch.support_y[0])(x).detach()
+        ax.plot(x, pred, "--", label=f"after {k} step{'s' if k > 1 else ''}")
+    ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} adaptation, test task {task}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "adaptation.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Every figure that fits the run; returns the paths written."""
-    return [plot_learning_curves(run_dir)]
+    from metazoo.engine.run import read_config
+
+    paths = [plot_learning_curves(run_dir)]
+    if read_config(run_dir).data.name == "sinusoid":
+        paths.append(plot_adaptation(run_dir))
+    return paths

@@ -102,7 +102,8 @@ class MAML(Algorithm):
 
     def _adapted(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int) -> Params:
         """`steps` SGD steps of Eq. 1 on the support loss from `params`."""
-        first_order = self.config.first_order or not torch.is_grad_enabled()
+        # evaluation needs no meta-gradient: skip the second-order graph there
+        first_order = self.config.first_order or not (self.training and torch.is_grad_enabled())
         return sgd_steps(lambda p: _loss(call(self, p, support_x), support_y), params,
                          steps=steps, lr=self.config.inner_lr, first_order=first_order)
 
