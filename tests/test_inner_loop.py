@@ -7,7 +7,6 @@ from metazoo.errors import ConfigError
 from metazoo.inner_loop import sgd_steps
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """float64 for this module only (a module-level default would leak into other tests)."""
