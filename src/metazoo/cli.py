@@ -81,8 +81,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.oneshot_runs:
         from metazoo.engine.oneshot import evaluate_oneshot
 
-        result = evaluate_oneshot(alg, Path(args.oneshot_runs), cfg.data.image_size, device)
-        write_json(run / "oneshot_results.json", result)
+        oneshot = evaluate_oneshot(alg, Path(args.oneshot_runs), cfg.data.image_size, device)
+        write_json(run / "oneshot_results.json", oneshot)
         return 0
     ev = replace(cfg.eval, episodes=args.episodes or cfg.eval.episodes,
                  split=args.split or cfg.eval.split)

@@ -78,7 +78,7 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
     ax.plot(x, alg(x).detach(), ":", color="tab:green", label="meta-learned initialisation")
     for k in steps:
         stepped = copy.copy(alg)  # shares the weights; only the number of inner steps differs
-        stepped.config = replace(alg.config, eval_inner_steps=k)  # type: ignore[type-var]
+        stepped.config = replace(alg.config, eval_inner_steps=k)  # type: ignore[call-arg,type-var]
         pred = stepped.adapt(batch.support_x[0], batch.support_y[0])(x).detach()
         ax.plot(x, pred, "--", label=f"after {k} step{'s' if k > 1 else ''}")
     ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} adaptation, test task {task}")

@@ -30,7 +30,7 @@ def predict_folders(run_dir: Path, support: Path, query: Path, *,
     spec = get_spec(cfg.data.name)
     if spec.kind != "images":
         raise ConfigError(f"run '{run_dir}' was trained on {cfg.data.name}, not on images")
-    channels = int(alg.backbone.input_shape[0])
+    channels = int(alg.backbone.input_shape[0])  # type: ignore[index]
     sx, sy, names, _ = load_class_folder(support, cfg.data.image_size, channels)
     qx, files = load_images(query, cfg.data.image_size, channels)
     if len(names) < 2:
