@@ -47,7 +47,7 @@ def test_training_improves_over_initial_weights(tmp_path, synthetic_data):
     before = train(_cfg("train.meta_steps=0", "eval.every=0"), tmp_path / "zero")
     after = train(_cfg("train.meta_steps=40", "eval.every=0", "train.outer_lr=0.003"),
                   tmp_path / "trained")
-    assert after["accuracy"] > before["accuracy"] + 0.05 and after["accuracy"] > 0.6
+    assert after["accuracy"] > before["accuracy"] + 0.1, (before["accuracy"], after["accuracy"])
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -151,11 +151,7 @@ class MAML(Algorithm):
     def _strategy(self) -> str:
         if self.strategy != "auto":
             return self.strategy
-        # measured on 2 CPU cores: a loop beats vmap 1.1-2.8x for conv backbones (vmap's
-        # grouped convs are slow, channels-last is unavailable under it); vmap wins ~10x for MLPs
-        convs = any(isinstance(m, nn.Conv2d) for m in self.backbone.modules())
-        on_cpu = next(self.parameters()).device.type == "cpu"
-        return "loop" if on_cpu and convs else "vmap"
+        return self.auto_strategy()  # loop for conv backbones on CPU (1.1-2.8x), else vmap
 
     def _use_vmap(self, batch_size: int) -> bool:
         return self._strategy() == "vmap" and batch_size > 1
