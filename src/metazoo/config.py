@@ -38,6 +38,7 @@ class ModelConfig:
     name: str = "conv4"  # a backbone of metazoo.models
     hidden: int = 64  # conv4: filters per block
     blocks: int = 4  # conv4: number of conv blocks
+    pools: int | None = None  # conv4: leading blocks that max-pool (None: all; Relation Net: 2)
     widths: tuple[int, ...] = (40, 40)  # mlp: hidden layer widths
 
 

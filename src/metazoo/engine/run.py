@@ -58,7 +58,8 @@ def build_algorithm(cfg: RunConfig, shape: tuple[int, ...]) -> Algorithm:
     if m.name == "mlp":
         backbone = models.build("mlp", input_shape=shape, hidden=m.widths)
     else:
-        backbone = models.build(m.name, input_shape=shape, hidden=m.hidden, blocks=m.blocks)
+        backbone = models.build(m.name, input_shape=shape, hidden=m.hidden, blocks=m.blocks,
+                                pools=m.pools)
     regression = get_spec(cfg.data.name).kind == "regression"
     spec = algorithms.get(cfg.algorithm.name)
     task = "regression" if regression else "classification"

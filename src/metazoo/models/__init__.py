@@ -25,7 +25,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(names())}")
     try:
         return BACKBONES[name](**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"backbone '{name}': {e}") from None
 
 

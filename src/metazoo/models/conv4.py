@@ -1,8 +1,10 @@
 """The four-block convolutional backbone of Vinyals et al. 2016, used by most few-shot papers.
 
 Each block is conv 3x3 (`hidden` filters, padding 1) -> batch norm -> ReLU -> 2x2 max-pool; the
-output is flattened (64 features for 28x28 inputs, 1600 for 84x84 with 64 filters). No head: the
-algorithms add the layer they need. Batch norm is `metazoo.functional.BatchNorm` (batch
+output is flattened (64 features for 28x28 inputs, 1600 for 84x84 with 64 filters). `pools` keeps
+the max-pool in the first blocks only (Relation Networks pool in the first two of four, so their
+relation module sees 7x7 maps); `feature_shape` is the `(C, H, W)` of the maps before flattening.
+No head: the algorithms add the layer they need. Batch norm is `metazoo.functional.BatchNorm` (batch
 statistics only, exact under `vmap`, transductive or not: see `metazoo.functional`).
 
 Speed (measured on a 2-core CPU, torch 2.13): `forward` runs batch norm, ReLU and max-pool as one
@@ -22,9 +24,9 @@ from torch._C._functorch import maybe_current_level
 from metazoo.functional import BatchNorm, batch_norm_relu_pool
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), BatchNorm(c_out), nn.ReLU(),
-                         nn.MaxPool2d(2))
+def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    tail = [nn.MaxPool2d(2)] if pool else []
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), BatchNorm(c_out), nn.ReLU(), *tail)
 
 
 class Conv4(nn.Module):
@@ -34,21 +36,32 @@ class Conv4(nn.Module):
         input_shape: (C, H, W) of one input.
         hidden: filters per block (64 in the papers; 32 for MAML on miniImageNet).
         blocks: number of conv blocks (4).
+        pools: how many leading blocks end in a 2x2 max-pool (None: all of them).
     """
 
     def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 64,
-                 blocks: int = 4) -> None:
+                 blocks: int = 4, pools: int | None = None) -> None:
         super().__init__()
+        pools = blocks if pools is None else pools
+        if not 0 <= pools <= blocks:
+            raise ValueError(f"pools must be between 0 and blocks={blocks}, got {pools}")
         channels = [input_shape[0]] + [hidden] * blocks
-        self.features = nn.Sequential(*[_block(a, b) for a, b in itertools.pairwise(channels)])
+        self.features = nn.Sequential(*[_block(a, b, i < pools) for i, (a, b)
+                                        in enumerate(itertools.pairwise(channels))])
         self.input_shape = tuple(input_shape)
+        self.pools = pools
         with torch.no_grad():
-            self.feature_dim = int(self.features(torch.zeros(2, *input_shape)).flatten(1).shape[1])
+            maps = self.features(torch.zeros(2, *input_shape))
+        self.feature_shape: tuple[int, int, int] = tuple(maps.shape[1:])  # type: ignore[assignment]
+        self.feature_dim = int(maps[0].numel())
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type == "cpu" and maybe_current_level() is None:  # vmap forbids the layout
             x = x.contiguous(memory_format=torch.channels_last)
-        for block in self.features:  # the ReLU and MaxPool2d modules are fused away
+        for i, block in enumerate(self.features):  # the ReLU and MaxPool2d modules are fused away
             conv, bn = block[0], block[1]  # type: ignore[index]
-            x = batch_norm_relu_pool(conv(x), bn.weight, bn.bias, bn.eps)
+            if i < self.pools:
+                x = batch_norm_relu_pool(conv(x), bn.weight, bn.bias, bn.eps)
+            else:
+                x = torch.relu(bn(conv(x)))
         return x.flatten(1)  # [M, hidden * h' * w']
