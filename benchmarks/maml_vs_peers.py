@@ -167,7 +167,7 @@ def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
 
     def meta_grad(b: Batch) -> None:
         queries = b[2].shape[1] // WAYS
-        algo.meta_loss(TaskBatch(b[0], b[1], b[2], b[3], WAYS, SHOTS, queries))[0].backward()
+        algo.meta_backward(TaskBatch(b[0], b[1], b[2], b[3], WAYS, SHOTS, queries))
 
     return algo, meta_grad
 

@@ -182,6 +182,36 @@ class Algorithm(nn.Module):
             metrics = {k: torch.stack([o[1][k] for o in outs]) for k in outs[0][1]}
         return losses.mean(), {k: v.mean() for k, v in metrics.items()}
 
+    def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """`meta_loss(batch)` and its backward pass (gradients accumulate in `.grad`).
+
+        Returns the detached loss and metrics. Where the tasks run as a loop of `task_loss`
+        (the base `meta_loss` without `vmap`), each task's graph is backpropagated and freed
+        before the next one is built: the same gradient, with the peak memory of one task
+        instead of the whole meta-batch's. Subclasses that override `meta_loss` get the plain
+        path unless they opt in with `_backward_per_task`.
+        """
+        if type(self).meta_loss is not Algorithm.meta_loss or self._use_vmap(len(batch)):
+            return self._backward_whole(batch)
+        return self._backward_per_task(batch)
+
+    def _backward_whole(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, metrics = self.meta_loss(batch)
+        loss.backward()
+        return loss.detach(), {k: v.detach() for k, v in metrics.items()}
+
+    def _backward_per_task(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        ways, tasks = self.check_ways(batch.ways), len(batch)
+        losses, metrics = [], []
+        for i in range(tasks):
+            loss, m = self.task_loss(batch.support_x[i], batch.support_y[i], batch.query_x[i],
+                                     batch.query_y[i], ways)
+            (loss / tasks).backward()  # d(mean)/d(loss_i) = 1/B
+            losses.append(loss.detach())
+            metrics.append(m)
+        return (torch.stack(losses).mean(),
+                {k: torch.stack([m[k].detach() for m in metrics]).mean() for k in metrics[0]})
+
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                 ways: int | None = None) -> Tensor:
         """Batched `adapt(support)(query)`: `[B, N*K, *x]`, `[B, N*K]`, `[B, M, *x]` -> `[B, M, N]`.

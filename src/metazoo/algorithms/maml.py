@@ -148,6 +148,12 @@ class MAML(Algorithm):
         losses = torch.stack([o[0] for o in outs])
         return losses.mean(), {k: torch.stack([o[1][k] for o in outs]).mean() for k in outs[0][1]}
 
+    def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Task by task (one task's graph alive at a time) unless the strategy batches tasks."""
+        if self._strategy() == "loop" or len(batch) == 1:
+            return self._backward_per_task(batch)
+        return self._backward_whole(batch)
+
     def _strategy(self) -> str:
         if self.strategy != "auto":
             return self.strategy

@@ -118,9 +118,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     started = time.perf_counter()
     for step in bar:
         batch = train_src.batch(step, t.meta_batch_size).to(device)
-        loss, metrics = alg.meta_loss(batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, metrics = alg.meta_backward(batch)  # task by task where tasks run as a loop
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
         opt.step()
