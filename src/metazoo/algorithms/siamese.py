@@ -1,0 +1,155 @@
+"""Siamese Networks: a learned verification score between two images, reused for one-shot.
+
+Koch, Zemel, Salakhutdinov. "Siamese Neural Networks for One-shot Image Recognition". ICML Deep
+Learning Workshop 2015 (no arXiv id; www.cs.cmu.edu/~rsalakhu/papers/oneshot1.pdf).
+
+Twin copies of one embedding h (shared weights) are joined by a weighted L1 distance fed to a
+sigmoid (Sec. 3.1):
+    p(x1, x2) = sigmoid( sum_j alpha_j |h1_j - h2_j| + b ),   alpha, b learned
+trained as a same/different verifier with the regularised cross-entropy of Sec. 3.2:
+    L = -[ y log p + (1 - y) log(1 - p) ] + lambda^T |w|^2,   y = 1 iff same class.
+Here the pairs come from the episode (`task_loss`): every (query, support) pair, y = 1 when the
+labels agree. An episode has N*Q*K same and N*Q*(N-1)*K different pairs, so the paper's balanced
+pairs are emulated by weights: the positive pairs' mean BCE and the negative pairs' mean BCE each
+count one half. One-shot prediction is the paper's rule (Sec. 4.3): the query's class is the
+support class of the most similar support image; the predictor returns per class the max over
+that class's support of the pre-sigmoid logit, so argmax is that rule (sigmoid is monotone). The
+reported "acc" is that N-way rule on the queries.
+Affine distortions (Sec. 3.3), with `distort=True` and only while training: each component of
+T = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y), theta in [-10, 10] degrees, rho in [-0.3, 0.3],
+s in [0.8, 1.2], t in [-2, 2] pixels, is drawn uniformly and kept with probability 0.5 (else
+identity); `adapt` never distorts. Distorted training loops over the tasks instead of `vmap`
+(random ops under `torch.vmap` would need randomness="different").
+
+Deviations: conv4 (batch statistics of the episode, support and query in one pass) replaces the
+paper's 105x105 network with its 4096-unit layer, so h is conv4's flattened output (64 features
+on 28x28). Pairs are all query-support pairs of an episode rather than independently sampled
+balanced pairs, and each image is distorted once per episode (it sits in many pairs) where the
+paper draws T1, T2 per pair. The L2 penalty lambda_j per layer is not here: `train.weight_decay`
+(Adam's coupled L2, one value for all layers) stands in. Koch used SGD with per-layer learning
+rates and momentum; the engine uses Adam (see the presets). alpha ~ N(0, 0.2) and b ~ N(0.5,
+0.01) follow the paper's initialisation of fully connected layers (Sec. 3.2).
+Presets: siamese-omniglot-5w1s, siamese-omniglot-20w1s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.errors import ConfigError
+from metazoo.metrics import accuracy
+from metazoo.types import Predictor
+
+
+@dataclass(frozen=True)
+class SiameseConfig(AlgorithmConfig):
+    distort: bool = False  # affine distortions of training inputs (Sec. 3.3); presets turn it on
+    rotation: float = 10.0  # theta ~ U[-rotation, rotation] degrees (Sec. 3.3: 10)
+    shear: float = 0.3  # rho_x, rho_y ~ U[-shear, shear] (Sec. 3.3: 0.3)
+    scale: float = 0.2  # s_x, s_y ~ U[1 - scale, 1 + scale] (Sec. 3.3: [0.8, 1.2])
+    translation: float = 2.0  # t_x, t_y ~ U[-translation, translation] pixels (Sec. 3.3: 2)
+    distort_prob: float = 0.5  # each component is applied with this probability (Sec. 3.3: .5)
+
+    def validate(self) -> None:
+        if min(self.rotation, self.translation) < 0:
+            raise ConfigError(f"siamese rotation and translation must be >= 0, got "
+                              f"{self.rotation} and {self.translation}")
+        if not (0 <= self.shear < 1 and 0 <= self.scale < 1):
+            raise ConfigError(f"siamese shear and scale must be in [0, 1) (the map must stay "
+                              f"invertible), got {self.shear} and {self.scale}")
+        if not 0 <= self.distort_prob <= 1:
+            raise ConfigError(f"siamese distort_prob must be in [0, 1], got {self.distort_prob}")
+
+
+def pair_logits(zq: Tensor, zs: Tensor, alpha: Tensor, bias: Tensor) -> Tensor:
+    """sum_j alpha_j |zq_j - zs_j| + b for every pair: `[M, D]`, `[S, D]` -> `[M, S]` (Sec. 3.1)."""
+    return (zq[:, None, :] - zs[None, :, :]).abs() @ alpha + bias  # [M, S, D] @ [D]
+
+
+def class_logits(logits: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """Max pair logit over each class's support: `[M, S]` -> `[M, N]` (one-shot rule, Sec. 4.3)."""
+    member = support_y[None, :] == torch.arange(ways, device=support_y.device)[:, None]  # [N, S]
+    masked = torch.where(member[None], logits[:, None, :], torch.finfo(logits.dtype).min)
+    return masked.amax(-1)  # [M, N, S] -> [M, N]
+
+
+def balanced_bce(logits: Tensor, same: Tensor) -> Tensor:
+    """Cross-entropy of Sec. 3.2 where positive and negative pairs each weigh one half."""
+    y = same.to(logits.dtype)
+    w = 0.5 * y / y.sum().clamp_min(1.0) + 0.5 * (1 - y) / (1 - y).sum().clamp_min(1.0)
+    return (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
+
+
+def random_affine(x: Tensor, cfg: SiameseConfig) -> Tensor:
+    """One random affine distortion per image (Sec. 3.3): `[M, C, H, W]` -> `[M, C, H, W]`.
+
+    The image is mapped by p' = R(theta) [[1, rho_x], [rho_y, 1]] diag(s_x, s_y) p + t in
+    normalised coordinates; sampling uses the inverse map. Background outside is 0 (ink on 0).
+    """
+    m, _, h, w = x.shape
+    u = torch.rand(7, m, device=x.device, dtype=x.dtype) * 2 - 1  # U[-1, 1]
+    v = u * (torch.rand(7, m, device=x.device) < cfg.distort_prob)  # each kept w.p. distort_prob
+    theta = v[0] * math.radians(cfg.rotation)
+    cos, sin, one = theta.cos(), theta.sin(), torch.ones_like(theta)
+    rot = torch.stack([cos, -sin, sin, cos], -1).view(m, 2, 2)
+    shear = torch.stack([one, v[1] * cfg.shear, v[2] * cfg.shear, one], -1).view(m, 2, 2)
+    scale = torch.diag_embed(1 + v[3:5].T * cfg.scale)  # [M, 2, 2]
+    shift = torch.stack([v[5] * cfg.translation * 2 / w, v[6] * cfg.translation * 2 / h], -1)
+    inv = torch.linalg.inv(rot @ shear @ scale)  # [M, 2, 2]: output coords -> input coords
+    affine = torch.cat([inv, -(inv @ shift[:, :, None])], -1)  # [M, 2, 3]
+    grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+@register("siamese", display="Siamese Net", family="metric", config=SiameseConfig,
+          paper="Koch, Zemel, Salakhutdinov. Siamese Neural Networks for One-shot Image "
+                "Recognition. ICML Deep Learning Workshop 2015", tasks={"classification"})
+class SiameseNet(Algorithm):
+    """Siamese Networks: a meta-learned embedding and weighted-L1 verification score."""
+
+    config: SiameseConfig
+
+    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
+        super().__init__(backbone, config, ways=ways)
+        dim = int(backbone.feature_dim)  # type: ignore[arg-type]
+        self.alpha = nn.Parameter(torch.randn(dim) * 0.2)  # Sec. 3.2: FC weights N(0, 0.2)
+        self.bias = nn.Parameter(0.5 + 0.01 * torch.randn(()))  # Sec. 3.2: biases N(0.5, 0.01)
+
+    def _scores(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int
+                ) -> tuple[Tensor, Tensor]:
+        """Pair logits `[M, N*K]` and class logits `[M, N]`; one backbone pass for both sets."""
+        z = self.backbone(torch.cat([support_x, query_x]))  # [N*K + M, D]
+        pairs = pair_logits(z[support_x.shape[0]:], z[: support_x.shape[0]], self.alpha,
+                            self.bias)
+        return pairs, class_logits(pairs, support_y, ways)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
+              ) -> Predictor:
+        n = ways or self.ways
+
+        def predict(query_x: Tensor) -> Tensor:
+            return self._scores(support_x, support_y, query_x, n)[1]  # never distorted
+
+        return predict
+
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  ways: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Balanced verification BCE over all (query, support) pairs (Sec. 3.2)."""
+        if self.training and self.config.distort:  # Sec. 3.3, training inputs only
+            support_x, query_x = random_affine(support_x, self.config), random_affine(
+                query_x, self.config)
+        pairs, scores = self._scores(support_x, support_y, query_x, ways)
+        loss = balanced_bce(pairs, query_y[:, None] == support_y[None, :])  # [M, N*K] targets
+        return loss, {"acc": accuracy(scores.detach(), query_y)}
+
+    def _use_vmap(self, batch_size: int) -> bool:
+        # Random distortions under vmap would need randomness="different"; loop over tasks.
+        if self.training and self.config.distort:
+            return False
+        return super()._use_vmap(batch_size)
