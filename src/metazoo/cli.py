@@ -24,9 +24,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     if what in ("all", "algorithms"):
         print("algorithms:")
-        for name in algorithms.names():
-            s = algorithms.get(name)
-            print(f"  {name:<12} {s.display:<10} {s.family:<11} {s.paper}")
+        specs = [algorithms.get(name) for name in algorithms.names()]
+        width = max(len(s.display) for s in specs)
+        for name, s in zip(algorithms.names(), specs, strict=True):
+            print(f"  {name:<12} {s.display:<{width}} {s.family:<11} {s.paper}")
     if what in ("all", "datasets"):
         print("datasets:")
         for d in list_datasets():
