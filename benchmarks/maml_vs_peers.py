@@ -40,6 +40,7 @@ CONFIGS = {f"{o}{s}_q{q * WAYS}": {"steps": s, "first_order": o == "fo", "querie
            for q in (1, 15) for o, s in (("so", 1), ("so", 5), ("fo", 5))}
 QUICK = ["so1_q5", "fo5_q5", "so1_q75"]
 IMPLS = ["reference", "l2l", "higher", "torchopt", "metazoo"]
+QUICK_IMPLS = ["reference", "l2l", "l2l+malloc", "metazoo"]  # --quick: under 3 minutes
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -173,6 +174,13 @@ def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
 
 
 def builder(impl: str) -> Callable[[int, bool], tuple[nn.Module, Callable[[Batch], None]]]:
+    """`metazoo` tunes glibc's malloc as `metazoo train` does (metazoo.allocator); a peer's name
+    with `+malloc` (e.g. `l2l+malloc`) runs that peer with the same tuning, for a fair view."""
+    if impl.startswith("metazoo") or impl.endswith("+malloc"):
+        from metazoo.allocator import tune_allocator
+
+        tune_allocator()
+        impl = impl.removesuffix("+malloc")
     if impl.startswith("metazoo-"):  # metazoo-loop, metazoo-vmap, metazoo-first_step
         return lambda s, fo: build_metazoo(s, fo, impl.split("-", 1)[1])
     return {"reference": build_reference, "l2l": build_l2l, "higher": build_higher,
@@ -232,19 +240,20 @@ def matmul_gflops(seconds: float = 2.0) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help=f"configs {QUICK}, 5 timed iterations")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"configs {QUICK}, impls {QUICK_IMPLS}, 3 timed iterations")
     ap.add_argument("--configs", help="comma-separated, from " + ",".join(CONFIGS))
-    ap.add_argument("--impls", default=",".join(IMPLS),
-                    help="also metazoo-loop, metazoo-vmap, metazoo-first_step")
-    ap.add_argument("--iters", type=int, help="timed iterations (default 5 quick, 20 full)")
+    ap.add_argument("--impls", help=f"comma-separated (default {','.join(IMPLS)});"
+                    " also metazoo-loop, metazoo-vmap, metazoo-first_step, and PEER+malloc")
+    ap.add_argument("--iters", type=int, help="timed iterations (default 3 quick, 20 full)")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    iters = args.iters or (5 if args.quick else 20)
+    iters = args.iters or (3 if args.quick else 20)
     if args.child:
         run_child(*args.child[:2], iters, args.child[2])
         return 0
     configs = (args.configs.split(",") if args.configs else QUICK if args.quick else list(CONFIGS))
-    impls = args.impls.split(",")
+    impls = (args.impls or ",".join(QUICK_IMPLS if args.quick else IMPLS)).split(",")
     if "reference" not in impls:
         impls = ["reference", *impls]
     peak = matmul_gflops()
@@ -255,7 +264,7 @@ def main() -> int:
         for config in configs:
             l2l_s = None
             for impl in impls:
-                if impl == "torchopt" and CONFIGS[config]["first_order"]:
+                if impl.startswith("torchopt") and CONFIGS[config]["first_order"]:
                     continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--iters", str(iters),
                        "--child", impl, config, tmp]

@@ -32,6 +32,10 @@ Modes:
                `.batch(i, 1)` -> `meta_loss` -> backward -> Adam step. Setup (extraction, indexing,
                cache load) is reported as `setup_s`, not in `median_s`.
 
+Allocator: by default both run with glibc's malloc as shipped; `--tune-allocator` runs both with
+`metazoo.tune_allocator()`, which `metazoo train` applies (see metazoo/allocator.py). The pair
+shares one process, so it cannot mix the two; compare across two runs for the as-shipped view.
+
 Timing: one child process per (config, mode) builds both implementations and runs them
 interleaved (episode i: easyfsl then metazoo for even i, the reverse for odd i), 2 torch threads,
 warm-up, then the median of >= 20 episodes each, so the machine's other load hits both alike.
@@ -411,6 +415,7 @@ def run_pair(spec: str, warmup: int, iters: int, workers: int) -> dict:
 def child(args: argparse.Namespace, *flag: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), *flag, "--warmup", str(args.warmup),
            "--iters", str(args.iters), "--workers", str(args.workers)]
+    cmd += ["--tune-allocator"] if args.tune_allocator else []
     p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -446,11 +451,18 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=None, help="timed episodes (default 50, >= 20)")
     ap.add_argument("--workers", type=int, default=0,
                     help="DataLoader workers of the easyfsl end-to-end pipeline (default 0)")
+    ap.add_argument("--tune-allocator", action="store_true",
+                    help="both implementations with metazoo.tune_allocator() (as `metazoo train`"
+                    " runs); default: glibc's malloc as shipped, for both")
     ap.add_argument("--memory", help=argparse.SUPPRESS)  # child: impl/config/mode
     ap.add_argument("--pair", help=argparse.SUPPRESS)  # child: config/mode
     args = ap.parse_args()
     args.warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
     args.iters = max(20, args.iters if args.iters is not None else (20 if args.quick else 50))
+    if args.tune_allocator and (args.memory or args.pair):
+        from metazoo.allocator import tune_allocator
+
+        tune_allocator()
     if args.memory:
         print(json.dumps(run_memory(args.memory, args.workers)), flush=True)
         return 0

@@ -6,6 +6,7 @@ Tasks come from `metazoo.data` and `metazoo.tasks`, backbones from `metazoo.mode
 
 from __future__ import annotations
 
+from metazoo.allocator import tune_allocator
 from metazoo.errors import ConfigError, DataError, MetazooError, ShapeError
 from metazoo.tasks import EpisodeSampler, TaskBatch
 
@@ -19,4 +20,5 @@ __all__ = [
     "ShapeError",
     "TaskBatch",
     "__version__",
+    "tune_allocator",
 ]

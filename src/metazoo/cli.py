@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from metazoo.allocator import tune_allocator
 from metazoo.errors import MetazooError
 
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metazoo` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
     try:
         return int(args.func(args))
     except MetazooError as e:

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from metazoo.algorithms.base import Algorithm
+from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
 from metazoo.engine import checkpoint
 from metazoo.engine.evaluate import EvalResult, evaluate
@@ -74,6 +75,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     With `resume=True` the run continues from `run_dir/checkpoint.safetensors` (its saved config
     is used; `cfg` may only change `train.meta_steps` and evaluation settings).
     """
+    tune_allocator()
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step, best = 0, None
     state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
