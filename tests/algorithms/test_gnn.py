@@ -9,8 +9,7 @@ from torch import nn
 from metazoo import algorithms, models
 from metazoo.algorithms.gnn import SLOPE, Adjacency, GraphConv, node_features
 from metazoo.errors import ConfigError, ShapeError
-from metazoo.tasks import EpisodeSampler
-from tests.conftest import make_dataset
+from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
 
 
 class Flatten(nn.Module):
@@ -112,25 +111,18 @@ def test_bad_config_and_other_ways_raise():
 
 def test_gnn_learns_separable_classes():
     torch.manual_seed(0)
-    train = EpisodeSampler(make_dataset(40, 10, name="s/train", seed=1), 5, 1, 5, seed=0)
-    test = EpisodeSampler(make_dataset(20, 10, name="s/test", seed=2), 5, 1, 5, seed=0)
     # a small GNN (one hidden block of 16 features, one-layer adjacency MLPs) and a larger
     # learning rate than the paper's 1e-3 keep this test short
     alg = algorithms.build("gnn", models.build("conv4", hidden=16), ways=5, layers=1,
                            growth=16, adj_ratios=(1.0,))
-
-    def test_acc() -> float:
-        with torch.no_grad():
-            b = test.batch(0, 50)
-            return (alg.predict(b.support_x, b.support_y, b.query_x).argmax(-1) == b.query_y
-                    ).float().mean().item()
-
-    before = test_acc()
-    opt = torch.optim.Adam(alg.parameters(), 5e-3)
-    for step in range(60):
-        loss, _ = alg.meta_loss(train.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = test_acc()
+    before, after = accuracy_before_after(alg, *separable_episodes(), steps=60, lr=5e-3)
     assert after >= 0.6 and after > before + 0.05, (before, after)
+
+
+@pytest.mark.slow
+def test_gnn_learns_glyphs_5way_1shot():
+    torch.manual_seed(0)
+    alg = algorithms.build("gnn", models.build("conv4", hidden=32), ways=5, layers=1,
+                           growth=16, adj_ratios=(1.0,))
+    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=150, lr=3e-3)
+    assert after >= 0.6 and after > before + 0.1, (before, after)

@@ -182,19 +182,10 @@ def test_learns_sinusoid_regression():
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    from metazoo.data import glyphs
-    from metazoo.tasks import EpisodeSampler
+    from tests.algorithms.learning import glyph_episodes, meta_train, query_accuracy
 
     torch.manual_seed(0)
     model = build("maml", Conv4((1, 28, 28), hidden=32), ways=5, eval_inner_steps=3)
-    train = EpisodeSampler(glyphs.load("train"), 5, 1, 5, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for i in range(150):
-        opt.zero_grad()
-        model.meta_loss(train.batch(i, 4))[0].backward()
-        opt.step()
-    model.eval()
-    test = EpisodeSampler(glyphs.load("test"), 5, 1, 5, seed=1).batch(0, 100)
-    with torch.no_grad():
-        logits = model.predict(test.support_x, test.support_y, test.query_x)
-    assert (logits.argmax(-1) == test.query_y).float().mean() > 0.6
+    train, test = glyph_episodes()
+    meta_train(model, train, 150, 3e-3)
+    assert query_accuracy(model, test) > 0.6

@@ -8,8 +8,7 @@ from torch import nn
 from metazoo import algorithms, models
 from metazoo.algorithms.matching import context_query, context_support
 from metazoo.errors import ConfigError
-from metazoo.tasks import EpisodeSampler
-from tests.conftest import make_dataset
+from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
 
 
 class Flatten(nn.Module):
@@ -141,24 +140,8 @@ def _learns(steps: int, **options) -> tuple[float, float]:
     # attention memorises sparse, nearly orthogonal class codes that do not transfer (test
     # accuracy falls below its start while training accuracy nears 1); ProtoNet's test uses 40.
     torch.manual_seed(0)
-    train = EpisodeSampler(make_dataset(1000, 6, name="s/train", seed=1), 5, 1, 5, seed=0)
-    test = EpisodeSampler(make_dataset(20, 10, name="s/test", seed=2), 5, 1, 5, seed=0)
     alg = algorithms.build("matching", models.build("conv4", hidden=16), ways=5, **options)
-
-    def test_acc() -> float:
-        with torch.no_grad():
-            b = test.batch(0, 50)
-            return (alg.predict(b.support_x, b.support_y, b.query_x).argmax(-1) == b.query_y
-                    ).float().mean().item()
-
-    before = test_acc()
-    opt = torch.optim.Adam(alg.parameters(), 1e-3)
-    for step in range(steps):
-        loss, _ = alg.meta_loss(train.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return before, test_acc()
+    return accuracy_before_after(alg, *separable_episodes(1000, 6), steps=steps)
 
 
 def test_matching_learns_separable_classes():
@@ -173,24 +156,7 @@ def test_matching_with_fce_learns_separable_classes():
 
 @pytest.mark.slow
 def test_matching_learns_glyphs_5way_1shot():
-    from metazoo.data import glyphs
-
     torch.manual_seed(0)
-    train = EpisodeSampler(glyphs.load("train"), 5, 1, 5, seed=0)
-    test = EpisodeSampler(glyphs.load("test"), 5, 1, 5, seed=1).batch(0, 100)
     alg = algorithms.build("matching", models.build("conv4", hidden=32), ways=5)
-
-    def test_acc() -> float:
-        with torch.no_grad():
-            out = alg.predict(test.support_x, test.support_y, test.query_x)
-        return (out.argmax(-1) == test.query_y).float().mean().item()
-
-    before = test_acc()
-    opt = torch.optim.Adam(alg.parameters(), 1e-3)
-    for step in range(80):
-        loss, _ = alg.meta_loss(train.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = test_acc()
+    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=80)
     assert after >= 0.6 and after > before + 0.1, (before, after)

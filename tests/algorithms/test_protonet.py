@@ -4,8 +4,7 @@ from torch import nn
 
 from metazoo import algorithms
 from metazoo.errors import ConfigError
-from metazoo.tasks import EpisodeSampler
-from tests.conftest import make_dataset
+from tests.algorithms.learning import accuracy_before_after, separable_episodes
 
 
 class Flatten(nn.Module):
@@ -50,22 +49,6 @@ def test_protonet_learns_separable_classes():
     from metazoo import models
 
     torch.manual_seed(0)
-    train = EpisodeSampler(make_dataset(40, 10, name="s/train", seed=1), 5, 1, 5, seed=0)
-    test = EpisodeSampler(make_dataset(20, 10, name="s/test", seed=2), 5, 1, 5, seed=0)
     alg = algorithms.build("protonet", models.build("conv4", hidden=16), ways=5)
-
-    def test_acc() -> float:
-        with torch.no_grad():
-            b = test.batch(0, 50)
-            return (alg.predict(b.support_x, b.support_y, b.query_x).argmax(-1) == b.query_y
-                    ).float().mean().item()
-
-    before = test_acc()
-    opt = torch.optim.Adam(alg.parameters(), 1e-3)
-    for step in range(60):
-        loss, _ = alg.meta_loss(train.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = test_acc()
+    before, after = accuracy_before_after(alg, *separable_episodes(), steps=60)
     assert after >= 0.6 and after > before + 0.05, (before, after)

@@ -10,8 +10,7 @@ from torch import nn
 from metazoo import algorithms, models
 from metazoo.algorithms.relation import class_maps
 from metazoo.errors import ConfigError
-from metazoo.tasks import EpisodeSampler
-from tests.conftest import make_dataset
+from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
 
 
 class Maps(nn.Module):
@@ -67,22 +66,14 @@ def test_bad_config_raises():
 
 def test_relation_learns_separable_classes():
     torch.manual_seed(0)
-    train = EpisodeSampler(make_dataset(40, 10, name="s/train", seed=1), 5, 1, 5, seed=0)
-    test = EpisodeSampler(make_dataset(20, 10, name="s/test", seed=2), 5, 1, 5, seed=0)
     alg = algorithms.build("relation", models.build("conv4", hidden=16, pools=2), ways=5)
-
-    def test_acc() -> float:
-        with torch.no_grad():
-            b = test.batch(0, 50)
-            return (alg.predict(b.support_x, b.support_y, b.query_x).argmax(-1) == b.query_y
-                    ).float().mean().item()
-
-    before = test_acc()
-    opt = torch.optim.Adam(alg.parameters(), 1e-3)
-    for step in range(80):
-        loss, _ = alg.meta_loss(train.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = test_acc()
+    before, after = accuracy_before_after(alg, *separable_episodes(), steps=80)
     assert after >= 0.6 and after > before + 0.05, (before, after)
+
+
+@pytest.mark.slow
+def test_relation_learns_glyphs_5way_1shot():
+    torch.manual_seed(0)
+    alg = algorithms.build("relation", models.build("conv4", hidden=32, pools=2), ways=5)
+    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=100)
+    assert after >= 0.6 and after > before + 0.1, (before, after)

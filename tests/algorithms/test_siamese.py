@@ -11,8 +11,7 @@ from torch import nn
 from metazoo import algorithms, models
 from metazoo.algorithms.siamese import SiameseConfig, random_affine
 from metazoo.errors import ConfigError
-from metazoo.tasks import EpisodeSampler
-from tests.conftest import make_dataset
+from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
 
 
 class Flatten(nn.Module):
@@ -131,47 +130,20 @@ def test_bad_config_raises():
         algorithms.build("siamese", Flatten(), ways=2, distrot=True)
 
 
-def _accuracy(alg, batch) -> float:
-    alg.eval()
-    with torch.no_grad():
-        out = alg.predict(batch.support_x, batch.support_y, batch.query_x)
-    alg.train()
-    return (out.argmax(-1) == batch.query_y).float().mean().item()
-
-
-def _fit(alg, sampler, steps: int, lr: float) -> None:
-    opt = torch.optim.Adam(alg.parameters(), lr)
-    for step in range(steps):
-        loss, _ = alg.meta_loss(sampler.batch(step, 4))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 def test_siamese_learns_separable_classes():
     # 400 training classes, not ProtoNet's 40: on 40 random-pattern classes the verification
     # objective memorises the classes (new training episodes ~97%, test classes ~35%).
     torch.manual_seed(0)
-    train = EpisodeSampler(make_dataset(400, 10, name="s/train", seed=1), 5, 1, 5, seed=0)
-    test = EpisodeSampler(make_dataset(20, 10, name="s/test", seed=2), 5, 1, 5, seed=0)
     alg = algorithms.build("siamese", models.build("conv4", hidden=16), ways=5)
-    before = _accuracy(alg, test.batch(0, 50))
-    _fit(alg, train, 60, 3e-3)
-    after = _accuracy(alg, test.batch(0, 50))
+    before, after = accuracy_before_after(alg, *separable_episodes(400), steps=60, lr=3e-3)
     assert after >= 0.6 and after > before + 0.05, (before, after)
 
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    from metazoo.data import glyphs
-
     torch.manual_seed(0)
-    train = EpisodeSampler(glyphs.load("train"), 5, 1, 5, seed=0)
-    test = EpisodeSampler(glyphs.load("test"), 5, 1, 5, seed=1).batch(0, 100)
     alg = algorithms.build("siamese", models.build("conv4", hidden=32), ways=5)
-    before = _accuracy(alg, test)
-    _fit(alg, train, 100, 3e-3)
-    after = _accuracy(alg, test)
+    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=100, lr=3e-3)
     assert after >= 0.6 and after > before + 0.05, (before, after)
 
 
