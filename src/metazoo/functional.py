@@ -24,8 +24,9 @@ backbones need no extra forward argument.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,10 @@ from torch.func import functional_call
 
 from metazoo.types import Params
 
+T = TypeVar("T")
 _STATS_ROWS: ContextVar[int | None] = ContextVar("metazoo_bn_stats_rows", default=None)
+_CPU_LAYOUT: ContextVar[torch.memory_format] = ContextVar("metazoo_cpu_layout",
+                                                          default=torch.channels_last)
 
 
 def params_of(module: nn.Module) -> Params:
@@ -53,13 +57,34 @@ def split_params(params: Params, prefix: str) -> tuple[Params, Params]:
 
 
 @contextmanager
-def statistics_rows(rows: int | None) -> Iterator[None]:
-    """Within the block, every `batch_norm` takes its statistics from the first `rows` rows."""
-    token = _STATS_ROWS.set(rows)
+def _scoped(var: ContextVar[T], value: T) -> Iterator[None]:
+    """`var` is `value` within the block and its old value after it (also on error)."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _STATS_ROWS.reset(token)
+        var.reset(token)
+
+
+def statistics_rows(rows: int | None) -> AbstractContextManager[None]:
+    """Within the block, every `batch_norm` takes its statistics from the first `rows` rows."""
+    return _scoped(_STATS_ROWS, rows)
+
+
+def cpu_layout(memory_format: torch.memory_format) -> AbstractContextManager[None]:
+    """Within the block, backbones that honour it (conv4) run CPU convolutions in this layout.
+
+    Channels-last is the default: max-pooling and batch norm run 3-15x faster in it on CPU. But
+    batch norm's double backward runs about 2x slower in it, so second-order inner loops take
+    their support passes in `torch.contiguous_format` (NCHW), as measured with
+    `benchmarks/maml_vs_peers.py`.
+    """
+    return _scoped(_CPU_LAYOUT, memory_format)
+
+
+def current_cpu_layout() -> torch.memory_format:
+    """The memory format of the innermost `cpu_layout` block (default channels-last)."""
+    return _CPU_LAYOUT.get()
 
 
 def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None = None
