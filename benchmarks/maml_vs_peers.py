@@ -8,6 +8,11 @@ adapt each task (1 or 5 SGD steps, lr 0.4, first or second order), average the q
 meta-gradient over the tasks, take one Adam step. Each (implementation, configuration) runs in
 its own child process, so peak RSS (VmHWM) is its own; before timing, the child writes the
 meta-gradient of a fixed batch, and the parent compares it with the plain-autograd reference.
+That check runs in float64, in a process of its own: in float32 these random tasks are
+ill-conditioned (batch norm over 5 images, 5 steps at lr 0.4), and the reference's own float32
+meta-gradient is up to 9% (relative norm) from its float64 value, so any change in the order
+of float32 sums (e.g. channels-last kernels) moves the float32 gradient by that much; in
+float64 correct implementations agree to ~1e-15.
 
 Run with the peers' venv (see ../../shared/bench/peers/README.md); metazoo comes from ../src:
     ~/.cache/metazoo-peers-venv/bin/python benchmarks/maml_vs_peers.py [--quick]
@@ -192,16 +197,20 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def run_child(impl: str, config: str, iters: int, out_dir: str) -> None:
-    """Time one configuration in this process; write its record and meta-gradient."""
+def run_child(impl: str, config: str, iters: int, out_dir: str, check: bool) -> None:
+    """Time one configuration in this process and write its record, or (`check`) write its
+    float64 meta-gradient of a fixed batch (a process of its own, so it adds no peak RSS)."""
     torch.set_num_threads(THREADS)
     cfg = CONFIGS[config]
     model, meta_grad = builder(impl)(cfg["steps"], cfg["first_order"])
-    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
     data = [tasks(cfg["queries"], seed) for seed in range(3)]
-    meta_grad(data[0])  # the gradient check, on the untouched initial weights
-    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
-    torch.save(grad, os.path.join(out_dir, f"{impl}.{config}.pt"))
+    if check:
+        model.double()
+        meta_grad(tuple(t.double() if t.is_floating_point() else t for t in data[0]))
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+        torch.save(grad, os.path.join(out_dir, f"{impl}.{config}.pt"))
+        return
+    opt = torch.optim.Adam(model.parameters(), lr=OUTER_LR)
     times = []
     for k in range(iters + 1):  # the first is a warm-up
         t0 = time.perf_counter()
@@ -247,10 +256,11 @@ def main() -> int:
                     " also metazoo-loop, metazoo-vmap, metazoo-first_step, and PEER+malloc")
     ap.add_argument("--iters", type=int, help="timed iterations (default 3 quick, 20 full)")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     iters = args.iters or (3 if args.quick else 20)
     if args.child:
-        run_child(*args.child[:2], iters, args.child[2])
+        run_child(*args.child[:2], iters, args.child[2], args.check)
         return 0
     configs = (args.configs.split(",") if args.configs else QUICK if args.quick else list(CONFIGS))
     impls = (args.impls or ",".join(QUICK_IMPLS if args.quick else IMPLS)).split(",")
@@ -268,7 +278,7 @@ def main() -> int:
                     continue
                 cmd = [sys.executable, os.path.abspath(__file__), "--iters", str(iters),
                        "--child", impl, config, tmp]
-                if subprocess.run(cmd).returncode != 0:
+                if any(subprocess.run(c).returncode for c in ([*cmd, "--check"], cmd)):
                     print(f"# {impl} {config}: child failed", flush=True)
                     rc = 1
                     continue
