@@ -18,6 +18,9 @@ Run with the peers' venv (see ../../shared/bench/peers/README.md); metazoo comes
     ~/.cache/metazoo-peers-venv/bin/python benchmarks/maml_vs_peers.py [--quick]
 Output: one JSON object per line (impl, config, median_s, peak_rss_mib, grad_max_abs_diff, plus
 it_per_s, speedup_vs_l2l and matmul_peak_fraction); lines starting with '#' are comments.
+`--interleaved [--tune-allocator]` times all implementations in one process instead, alternating
+iteration by iteration: on a shared machine whose speed drifts (the 2048² matmul rate moved
+between 101 and 171 GFLOP/s within a day here), only such ratios are steady.
 Absolute times depend on the machine and on its other load: compare ratios from one run.
 """
 
@@ -178,10 +181,12 @@ def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
     return algo, meta_grad
 
 
-def builder(impl: str) -> Callable[[int, bool], tuple[nn.Module, Callable[[Batch], None]]]:
+def builder(impl: str, allocator: bool = True
+            ) -> Callable[[int, bool], tuple[nn.Module, Callable[[Batch], None]]]:
     """`metazoo` tunes glibc's malloc as `metazoo train` does (metazoo.allocator); a peer's name
-    with `+malloc` (e.g. `l2l+malloc`) runs that peer with the same tuning, for a fair view."""
-    if impl.startswith("metazoo") or impl.endswith("+malloc"):
+    with `+malloc` (e.g. `l2l+malloc`) runs that peer with the same tuning, for a fair view.
+    `allocator=False` leaves malloc alone (the interleaved mode sets it once for all)."""
+    if allocator and (impl.startswith("metazoo") or impl.endswith("+malloc")):
         from metazoo.allocator import tune_allocator
 
         tune_allocator()
@@ -223,6 +228,43 @@ def run_child(impl: str, config: str, iters: int, out_dir: str, check: bool) -> 
         json.dump(rec, f)
 
 
+def run_interleaved(configs: list[str], impls: list[str], iters: int, tuned: bool) -> None:
+    """Time the implementations in this one process, alternating meta-iterations, so that a
+    slow spell of a shared machine hits all of them alike; prints medians and ratios (no RSS)."""
+    torch.set_num_threads(THREADS)
+    if tuned:
+        from metazoo.allocator import tune_allocator
+
+        tune_allocator()
+    for config in configs:
+        cfg = CONFIGS[config]
+        data = [tasks(cfg["queries"], seed) for seed in range(3)]
+        runs = {}
+        for impl in impls:
+            if impl.startswith("torchopt") and cfg["first_order"]:
+                continue
+            model, meta_grad = builder(impl.removesuffix("+malloc"), allocator=False)(
+                cfg["steps"], cfg["first_order"])
+            runs[impl] = (model, meta_grad, torch.optim.Adam(model.parameters(), lr=OUTER_LR))
+        times: dict[str, list[float]] = {impl: [] for impl in runs}
+        for k in range(iters + 1):  # the first round is a warm-up
+            for impl, (_, meta_grad, opt) in runs.items():
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                meta_grad(data[k % 3])
+                opt.step()
+                if k:
+                    times[impl].append(time.perf_counter() - t0)
+        medians = {impl: statistics.median(t) for impl, t in times.items()}
+        for impl, median in medians.items():
+            print(json.dumps({
+                "impl": impl, "config": config, "mode": "interleaved",
+                "allocator": "tuned" if tuned else "default", "median_s": round(median, 4),
+                "n": iters, "speedup_vs_l2l": (round(medians["l2l"] / median, 2)
+                                               if "l2l" in medians else None),
+                "load_avg_1min": round(os.getloadavg()[0], 1)}), flush=True)
+
+
 def analytic_gflop(config: str) -> float:
     """Conv/linear FLOPs of a meta-iteration: forward F, backward 2F, double backward 4F,
     so a second-order inner step costs 9F, a first-order one 3F, the query 3F."""
@@ -255,6 +297,11 @@ def main() -> int:
     ap.add_argument("--impls", help=f"comma-separated (default {','.join(IMPLS)});"
                     " also metazoo-loop, metazoo-vmap, metazoo-first_step, and PEER+malloc")
     ap.add_argument("--iters", type=int, help="timed iterations (default 3 quick, 20 full)")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="one process, implementations alternating iteration by iteration "
+                    "(robust ratios on a shared machine; no peak RSS, no gradient check)")
+    ap.add_argument("--tune-allocator", action="store_true",
+                    help="with --interleaved: tune malloc for all (default: glibc defaults)")
     ap.add_argument("--child", nargs=3, metavar=("IMPL", "CONFIG", "DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -264,6 +311,10 @@ def main() -> int:
         return 0
     configs = (args.configs.split(",") if args.configs else QUICK if args.quick else list(CONFIGS))
     impls = (args.impls or ",".join(QUICK_IMPLS if args.quick else IMPLS)).split(",")
+    if args.interleaved:
+        impls = list(dict.fromkeys(i.removesuffix("+malloc") for i in impls))
+        run_interleaved(configs, impls, iters, args.tune_allocator)
+        return 0
     if "reference" not in impls:
         impls = ["reference", *impls]
     peak = matmul_gflops()
