@@ -243,7 +243,7 @@ def run_interleaved(configs: list[str], impls: list[str], iters: int, tuned: boo
         for impl in impls:
             if impl.startswith("torchopt") and cfg["first_order"]:
                 continue
-            model, meta_grad = builder(impl.removesuffix("+malloc"), allocator=False)(
+            model, meta_grad = builder(impl, allocator=False)(
                 cfg["steps"], cfg["first_order"])
             runs[impl] = (model, meta_grad, torch.optim.Adam(model.parameters(), lr=OUTER_LR))
         times: dict[str, list[float]] = {impl: [] for impl in runs}

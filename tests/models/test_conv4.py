@@ -69,3 +69,10 @@ def test_layouts_give_equal_outputs_and_second_order_gradients():
         out_nchw, grads_nchw = meta_grad()
     torch.testing.assert_close(out_cl, out_nchw)
     torch.testing.assert_close(grads_cl, grads_nchw)
+
+
+def test_three_channel_input_runs_channels_last_on_cpu():
+    net = models.build("conv4", input_shape=(3, 28, 28), hidden=8)
+    assert _layouts_seen(net, torch.randn(4, 3, 28, 28)) == [True, True, True]
+    with functional.cpu_layout(torch.contiguous_format):
+        assert _layouts_seen(net, torch.randn(4, 3, 28, 28)) == [False, False, False]

@@ -69,11 +69,11 @@ class Conv4(nn.Module):
             # maps; with channels-last strides (a view) it returns channels-last maps directly
             m, _, h, w = x.shape
             x = x.reshape(m, h, w, 1).permute(0, 3, 1, 2)
+        elif layout is not None:  # convert the input once: every conv keeps its input's layout
+            x = x.contiguous(memory_format=layout)
         for i, block in enumerate(self.features):  # the ReLU and MaxPool2d modules are fused away
             conv, bn = block[0], block[1]  # type: ignore[index]
             x = conv(x)
-            if layout is not None:  # a no-op unless a conv chose another layout
-                x = x.contiguous(memory_format=layout)
             if i < self.pools:
                 x = batch_norm_relu_pool(x, bn.weight, bn.bias, bn.eps)
             else:
