@@ -20,7 +20,10 @@ Output: one JSON object per line (impl, config, median_s, peak_rss_mib, grad_max
 it_per_s, speedup_vs_l2l and matmul_peak_fraction); lines starting with '#' are comments.
 `--interleaved [--tune-allocator]` times all implementations in one process instead, alternating
 iteration by iteration: on a shared machine whose speed drifts (the 2048² matmul rate moved
-between 101 and 171 GFLOP/s within a day here), only such ratios are steady.
+between 101 and 171 GFLOP/s within a day here), only such ratios are steady. It also profiles
+one more meta-iteration of each and reports `conv_s`, the time spent inside convolution
+kernels, and `conv_bound_vs_l2l` = learn2learn's median / `conv_s`: the most that
+implementation could gain over learn2learn with the same convolution kernels.
 Absolute times depend on the machine and on its other load: compare ratios from one run.
 """
 
@@ -257,12 +260,35 @@ def run_interleaved(configs: list[str], impls: list[str], iters: int, tuned: boo
                     times[impl].append(time.perf_counter() - t0)
         medians = {impl: statistics.median(t) for impl, t in times.items()}
         for impl, median in medians.items():
+            conv_s = conv_seconds(runs[impl][1], data[0])
+            l2l = medians.get("l2l")
             print(json.dumps({
                 "impl": impl, "config": config, "mode": "interleaved",
                 "allocator": "tuned" if tuned else "default", "median_s": round(median, 4),
-                "n": iters, "speedup_vs_l2l": (round(medians["l2l"] / median, 2)
-                                               if "l2l" in medians else None),
+                "n": iters, "speedup_vs_l2l": round(l2l / median, 2) if l2l else None,
+                "conv_s": round(conv_s, 4), "conv_share": round(conv_s / median, 2),
+                "conv_bound_vs_l2l": round(l2l / conv_s, 2) if l2l else None,
                 "load_avg_1min": round(os.getloadavg()[0], 1)}), flush=True)
+
+
+CONV_KERNELS = {"aten::mkldnn_convolution", "aten::convolution_backward",
+                "aten::mkldnn_convolution_backward", "aten::_slow_conv2d_forward",
+                "aten::_slow_conv2d_backward", "aten::_nnpack_spatial_convolution"}
+
+
+def conv_seconds(meta_grad: Callable[[Batch], None], batch: Batch) -> float:
+    """CPU time one meta-gradient spends inside convolution kernels (their own time, profiled).
+
+    The ceiling of any speed-up at unchanged kernels: an implementation whose convolutions
+    take `conv_s` cannot run a meta-iteration in less, so it is at most `l2l / conv_s` times
+    as fast as learn2learn even if batch norm, pooling and autograd cost nothing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        meta_grad(batch)
+    return sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key in CONV_KERNELS) / 1e6
 
 
 def analytic_gflop(config: str) -> float:

@@ -149,3 +149,34 @@ def test_registry_names_equal_file_stems_and_every_file_registers():
             assert stem == name, f"'{name}' lives in {stem}.py"
     registered = {algorithms.get(n).cls.__module__.rsplit(".", 1)[1] for n in NAMES}
     assert stems == registered, f"files that register nothing: {stems - registered}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_backward_and_predict_in_threads_equal_the_loop(name):
+    """Float64: in float32 the two sum orders differ by more than the conditioning allows."""
+    alg, batch = _build(name)
+    alg, batch = alg.double(), batch.to("cpu", torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = {}
+        for strategy in ("loop", "threads"):
+            alg.strategy = strategy
+            alg.zero_grad(set_to_none=True)
+            torch.manual_seed(1)
+            loss, metrics = alg.meta_backward(batch)
+            with torch.no_grad():
+                out = alg.predict(batch.support_x, batch.support_y, batch.query_x,
+                                  ways=batch.ways)
+            results[strategy] = (loss, metrics, [p.grad for p in alg.parameters()], out)
+    finally:
+        torch.set_num_threads(before)
+    (loss_l, m_l, g_l, out_l), (loss_t, m_t, g_t, out_t) = results["loop"], results["threads"]
+    torch.testing.assert_close(loss_t, loss_l, rtol=1e-12, atol=1e-12)
+    assert m_t.keys() == m_l.keys()
+    torch.testing.assert_close(out_t, out_l, rtol=1e-12, atol=1e-12)
+    assert any(g is not None and g.abs().max() > 1e-6 for g in g_l)  # a check that can fail
+    for gt, gl in zip(g_t, g_l, strict=True):
+        assert (gt is None) == (gl is None)
+        if gl is not None:
+            torch.testing.assert_close(gt, gl, rtol=1e-10, atol=1e-12)

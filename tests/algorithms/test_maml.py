@@ -104,6 +104,44 @@ def test_every_strategy_equals_the_loop_on_conv4_with_batch_norm(first_order):
             torch.testing.assert_close(g, ref[k], rtol=1e-9, atol=1e-11, msg=f"{strategy} {k}")
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_backward_of_every_strategy_equals_the_loop(first_order):
+    """`meta_backward` (what training calls) per strategy; "threads" on 2 worker threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, inner_steps=2,
+                      first_order=first_order).to(DT)
+        batch = _image_batch()
+        ref = _grads(model, batch)
+        for strategy in STRATEGIES:
+            model.strategy = strategy
+            model.zero_grad(set_to_none=True)
+            loss, _ = model.meta_backward(batch)
+            torch.testing.assert_close(loss, model.meta_loss(batch)[0].detach())
+            for k, p in model.named_parameters():
+                torch.testing.assert_close(p.grad, ref[k], rtol=1e-9, atol=1e-11,
+                                           msg=f"{strategy} {k}")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_predict_equals_loop_and_keeps_no_graph_in_evaluation():
+    torch.manual_seed(0)
+    model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, inner_steps=2).to(DT).eval()
+    batch = _image_batch()
+    args = (batch.support_x, batch.support_y, batch.query_x)
+    model.strategy = "loop"
+    with torch.no_grad():
+        ref = model.predict(*args)
+    model.strategy = "threads"
+    with torch.no_grad():
+        out = model.predict(*args)
+    assert not out.requires_grad
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
 def _query_logits(bn_mode, query_x, support):
     torch.manual_seed(0)
     model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, bn_mode=bn_mode).to(DT)
@@ -169,7 +207,7 @@ def test_learns_sinusoid_regression():
 
     torch.manual_seed(0)
     model = build("maml", MLP((1,), (40, 40)), ways=1, inner_lr=0.01, eval_inner_steps=10)
-    assert model._strategy() == "vmap"  # auto: the fastest for an MLP
+    assert model.resolved_strategy() == "vmap"  # auto: the fastest for an MLP
     tasks = SinusoidTasks(shots=10, queries=10, seed=0, split="train")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for i in range(1500):  # about 15 s on one idle core

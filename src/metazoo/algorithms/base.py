@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from metazoo.errors import ConfigError, ShapeError
 from metazoo.metrics import accuracy
+from metazoo.task_threads import map_chunks
 from metazoo.tasks import TaskBatch
 from metazoo.types import Family, Predictor, TaskKind
 
-Strategy = Literal["auto", "vmap", "loop"]
+Strategy = Literal["auto", "vmap", "loop", "threads"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Algorithm(nn.Module):
     vmappable: ClassVar[bool] = True
     fixed_ways: ClassVar[bool] = False  # True when a head of size `ways` is meta-learned
     adapts_with_gradients: ClassVar[bool] = False  # True when adapt() differentiates (MAML...)
+    # True where "auto" may run a CPU task loop in threads (measured faster; no random draws)
+    threads_by_default: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__()
@@ -153,18 +156,32 @@ class Algorithm(nn.Module):
                              f"cannot serve {ways}-way ones; train with ways={ways}")
         return ways
 
-    def auto_strategy(self) -> Literal["loop", "vmap"]:
+    def auto_strategy(self) -> Literal["loop", "vmap", "threads"]:
         """What `strategy="auto"` runs: measured on 2 CPU cores, a task loop beats `vmap` for
         conv backbones (vmap's grouped convolutions are slow and channels-last is unavailable
-        under it), while `vmap` wins ~10x for MLPs; on GPUs `vmap` is the usual win."""
+        under it), and for classes with `threads_by_default` the loop split over threads
+        (`metazoo.task_threads`) beats the plain loop where more than one intra-op thread is
+        allowed; `vmap` wins ~10x for MLPs; on GPUs `vmap` is the usual win."""
         convs = any(isinstance(m, nn.Conv2d) for m in self.backbone.modules())
         on_cpu = next(self.parameters()).device.type == "cpu"
-        return "loop" if on_cpu and convs else "vmap"
+        if not (on_cpu and convs):
+            return "vmap"
+        return "threads" if self.threads_by_default and torch.get_num_threads() > 1 else "loop"
+
+    def resolved_strategy(self) -> str:
+        """`strategy`, with "auto" replaced by `auto_strategy()`."""
+        return self.auto_strategy() if self.strategy == "auto" else self.strategy
 
     def _use_vmap(self, batch_size: int) -> bool:
         if not self.vmappable or batch_size == 1:
             return False
-        return (self.auto_strategy() if self.strategy == "auto" else self.strategy) == "vmap"
+        return self.resolved_strategy() == "vmap"
+
+    def _task_workers(self, batch_size: int) -> int:
+        """Threads for a task loop: all intra-op threads under "threads", else 1."""
+        if batch_size == 1 or self.resolved_strategy() != "threads":
+            return 1
+        return torch.get_num_threads()
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean over tasks of `task_loss`, and the mean of each metric."""
@@ -201,16 +218,37 @@ class Algorithm(nn.Module):
         return loss.detach(), {k: v.detach() for k, v in metrics.items()}
 
     def _backward_per_task(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The task loop of `meta_backward`, split over `_task_workers` threads."""
         ways, tasks = self.check_ways(batch.ways), len(batch)
-        losses, metrics = [], []
-        for i in range(tasks):
-            loss, m = self.task_loss(batch.support_x[i], batch.support_y[i], batch.query_x[i],
-                                     batch.query_y[i], ways)
-            (loss / tasks).backward()  # d(mean)/d(loss_i) = 1/B
-            losses.append(loss.detach())
-            metrics.append(m)
+        workers = self._task_workers(tasks)
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def run(alg: Algorithm, part: range) -> tuple[list[Tensor | None], list[Tensor],
+                                                      list[dict[str, Tensor]]]:
+            total: list[Tensor | None] = [None] * len(params)
+            losses, metrics = [], []
+            for i in part:
+                loss, m = alg.task_loss(batch.support_x[i], batch.support_y[i],
+                                        batch.query_x[i], batch.query_y[i], ways)
+                if workers == 1:  # accumulate in .grad directly: no extra copy of the grads
+                    (loss / tasks).backward()  # d(mean)/d(loss_i) = 1/B
+                else:
+                    gs = torch.autograd.grad(loss / tasks, params, allow_unused=True)
+                    total = [t if g is None else g if t is None else t + g
+                             for t, g in zip(total, gs, strict=True)]
+                losses.append(loss.detach())
+                metrics.append({k: v.detach() for k, v in m.items()})
+            return total, losses, metrics
+
+        results = map_chunks(run, self, tasks, workers)
+        for total, _, _ in results:  # worker order: the sum does not depend on thread timing
+            for p, g in zip(params, total, strict=True):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+        losses = [x for r in results for x in r[1]]
+        metrics = [x for r in results for x in r[2]]
         return (torch.stack(losses).mean(),
-                {k: torch.stack([m[k].detach() for m in metrics]).mean() for k in metrics[0]})
+                {k: torch.stack([m[k] for m in metrics]).mean() for k in metrics[0]})
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                 ways: int | None = None) -> Tensor:
@@ -223,7 +261,13 @@ class Algorithm(nn.Module):
         def one(sx: Tensor, sy: Tensor, qx: Tensor) -> Tensor:
             return self.adapt(sx, sy, ways=n)(qx)
 
-        if self._use_vmap(support_x.shape[0]):
+        tasks = support_x.shape[0]
+        if self._use_vmap(tasks):
             return torch.vmap(one)(support_x, support_y, query_x)
-        return torch.stack([one(support_x[i], support_y[i], query_x[i])
-                            for i in range(support_x.shape[0])])
+
+        def run(alg: Algorithm, part: range) -> list[Tensor]:
+            return [alg.adapt(support_x[i], support_y[i], ways=n)(query_x[i]) for i in part]
+
+        return torch.stack([out for outs in map_chunks(run, self, tasks,
+                                                       self._task_workers(tasks))
+                            for out in outs])

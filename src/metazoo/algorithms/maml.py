@@ -39,7 +39,7 @@ from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
 BNMode = Literal["transductive", "non_transductive"]
-STRATEGIES = ("loop", "vmap", "first_step")  # how meta_loss maps tasks; all tested equal
+STRATEGIES = ("loop", "threads", "vmap", "first_step")  # how meta_loss maps tasks; all tested equal
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class MAML(Algorithm):
     config: MAMLConfig
     fixed_ways = True
     adapts_with_gradients = True
+    threads_by_default = True  # 1.20-1.32x the loop on 2 cores (benchmarks/maml_vs_peers.py)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
@@ -128,11 +129,13 @@ class MAML(Algorithm):
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean query loss after adaptation (Algorithm 2, line 10), run by `strategy`.
 
-        "auto" is the fastest strategy measured (`benchmarks/maml_vs_peers.py`): "loop" for
-        conv backbones on CPU, "vmap" otherwise. "first_step" batches the first inner step of all
-        tasks into one vmapped call (they all start from theta), then loops.
+        "auto" is the fastest strategy measured (`benchmarks/maml_vs_peers.py`): for conv
+        backbones on CPU "threads" (the task loop split over the intra-op threads, see
+        `metazoo.task_threads`), or "loop" with one thread; "vmap" otherwise. "first_step"
+        batches the first inner step of all tasks into one vmapped call (they all start from
+        theta), then loops.
         """
-        if self._strategy() != "first_step" or len(batch) == 1:
+        if self.resolved_strategy() != "first_step" or len(batch) == 1:
             return super().meta_loss(batch)
         self.check_ways(batch.ways)
         params, cfg = params_of(self), self.config
@@ -153,14 +156,9 @@ class MAML(Algorithm):
 
     def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Task by task (one task's graph alive at a time) unless the strategy batches tasks."""
-        if self._strategy() == "loop" or len(batch) == 1:
+        if self.resolved_strategy() in ("loop", "threads") or len(batch) == 1:
             return self._backward_per_task(batch)
         return self._backward_whole(batch)
 
-    def _strategy(self) -> str:
-        if self.strategy != "auto":
-            return self.strategy
-        return self.auto_strategy()  # loop for conv backbones on CPU (1.1-2.8x), else vmap
-
     def _use_vmap(self, batch_size: int) -> bool:
-        return self._strategy() == "vmap" and batch_size > 1
+        return self.resolved_strategy() == "vmap" and batch_size > 1
