@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import grad, vmap
 
 from metazoo.functional import BatchNorm, batch_norm, call, params_of, split_params
@@ -137,3 +138,13 @@ def test_native_fast_path_outside_vmap_has_exact_second_order_gradients():
         out.append(torch.autograd.grad(gx.sum() + (gw**2).sum(), (x, w, b)))
     for got, want in zip(*out, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_call_replaces_a_tied_parameter_under_every_name():
+    net = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    net[1].weight = net[0].weight  # one parameter, two names; params_of keeps the first
+    w, x = torch.randn(3, 3), torch.randn(2, 3)
+    torch.testing.assert_close(call(net, {"0.weight": w}, x), x @ w.T @ w.T)
+    plain = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    out = call(plain, {"0.weight": w}, x)  # untied: the second layer keeps its own weight
+    torch.testing.assert_close(out, x @ w.T @ plain[1].weight.detach().T)

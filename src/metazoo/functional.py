@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ T = TypeVar("T")
 _STATS_ROWS: ContextVar[int | None] = ContextVar("metazoo_bn_stats_rows", default=None)
 _CPU_LAYOUT: ContextVar[torch.memory_format] = ContextVar("metazoo_cpu_layout",
                                                           default=torch.channels_last)
+_TIED: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
 
 
 def params_of(module: nn.Module) -> Params:
@@ -99,7 +101,23 @@ def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None
             statistics of the first `n` rows (non-transductive, `x = [support; query]`).
     """
     with statistics_rows(stats_rows):
-        return functional_call(module, params, (x,))
+        return functional_call(module, params, (x,), tie_weights=_has_tied_tensors(module))
+
+
+def _has_tied_tensors(module: nn.Module) -> bool:
+    """Whether two names of `module` hold one parameter or buffer, cached per module.
+
+    `functional_call` must then tie the replacements too; finding that out walks the whole
+    module tree on every call, a third of its Python overhead for conv4, so it is asked once.
+    """
+    tied = _TIED.get(module)
+    if tied is None:
+        tied = (len(list(module.named_parameters(remove_duplicate=False)))
+                != len(list(module.named_parameters()))
+                or len(list(module.named_buffers(remove_duplicate=False)))
+                != len(list(module.named_buffers())))
+        _TIED[module] = tied
+    return tied
 
 
 def _statistics(x: Tensor, stats_rows: int | None) -> tuple[Tensor, Tensor]:

@@ -90,6 +90,8 @@ def sgd_steps(loss_fn: Callable[[Params], Tensor], params: Params, *, steps: int
         g = grads(loss_fn, params, first_order)
         if isinstance(alpha, dict):
             params = {k: v - alpha[k] * g[k] if k in alpha else v for k, v in params.items()}
+        elif isinstance(alpha, float | int):  # one fused kernel per tensor instead of two
+            params = {k: torch.add(v, g[k], alpha=-alpha) for k, v in params.items()}
         else:
             params = {k: v - alpha * g[k] for k, v in params.items()}
         trajectory.append(params)
