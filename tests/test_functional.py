@@ -148,3 +148,53 @@ def test_call_replaces_a_tied_parameter_under_every_name():
     plain = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
     out = call(plain, {"0.weight": w}, x)  # untied: the second layer keeps its own weight
     torch.testing.assert_close(out, x @ w.T @ plain[1].weight.detach().T)
+
+
+def _conv4_and_mlp():
+    from metazoo.models.conv4 import Conv4
+    from metazoo.models.mlp import MLP
+
+    torch.manual_seed(0)
+    return [(Conv4((1, 16, 16), hidden=4).double(), torch.randn(3, 1, 16, 16, dtype=DT)),
+            (MLP((2,), (5, 4)).double(), torch.randn(3, 2, dtype=DT))]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_forward_with_equals_functional_call_to_second_order(which):
+    module, x = _conv4_and_mlp()[which]
+    params = {k: v.detach() * 1.1 for k, v in params_of(module).items()}
+    params = {k: v.requires_grad_() for k, v in params.items()}
+
+    def second_order(f):
+        out = f(params, x)
+        g = torch.autograd.grad(out.square().sum(), list(params.values()), create_graph=True)
+        return out, torch.autograd.grad(sum(t.square().sum() for t in g), list(params.values()))
+
+    ours = second_order(lambda p, x: call(module, p, x))
+    swapped = second_order(lambda p, x: torch.func.functional_call(module, p, (x,)))
+    torch.testing.assert_close(ours[0], swapped[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours[1], swapped[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    name = next(iter(params))  # a partial dict: the other parameters are the module's own
+    partial = call(module, {name: params[name]}, x)
+    torch.testing.assert_close(partial, torch.func.functional_call(module, {name: params[name]},
+                                                                   (x,)))
+    assert not torch.allclose(partial, ours[0])
+
+
+def test_call_runs_an_overridden_forward_and_forward_hooks():
+    from metazoo.models.mlp import MLP
+
+    class Doubled(MLP):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    plain, doubled, x = MLP((2,), (3,)), Doubled((2,), (3,)), torch.randn(4, 2)
+    doubled.load_state_dict(plain.state_dict())
+    params = params_of(plain)
+    torch.testing.assert_close(call(doubled, params, x), 2 * call(plain, params, x))
+    seen = []
+    plain.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    call(plain, params, x)
+    assert seen == [torch.Size([4, 3])]

@@ -23,7 +23,7 @@ backbones need no extra forward argument.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
@@ -42,6 +42,7 @@ _STATS_ROWS: ContextVar[int | None] = ContextVar("metazoo_bn_stats_rows", defaul
 _CPU_LAYOUT: ContextVar[torch.memory_format] = ContextVar("metazoo_cpu_layout",
                                                           default=torch.channels_last)
 _TIED: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
+_FORWARD_WITH: dict[type, bool] = {}
 
 
 def params_of(module: nn.Module) -> Params:
@@ -93,6 +94,11 @@ def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None
          ) -> Tensor:
     """`module(x)` with `params` in place of its parameters (missing names keep the module's).
 
+    A module whose class writes both `forward` and `forward_with(params, x)` (conv4, the MLP,
+    MAML) and that has no forward hooks computes with the given tensors itself; any other goes
+    through `torch.func.functional_call`, which swaps them into the module for the length of
+    the call.
+
     Args:
         module: any module; it is not modified.
         params: name -> tensor, names as in `module.named_parameters()`.
@@ -101,7 +107,31 @@ def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None
             statistics of the first `n` rows (non-transductive, `x = [support; query]`).
     """
     with statistics_rows(stats_rows):
-        return functional_call(module, params, (x,), tie_weights=_has_tied_tensors(module))
+        return apply_params(module, params, x)
+
+
+def apply_params(module: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """`call` without touching the batch-norm setting: for a module's `forward_with` to run
+    its submodules inside the `call` that runs it (a nested `call` would reset `stats_rows`)."""
+    if _has_forward_with(type(module)) and not (module._forward_hooks
+                                                 or module._forward_pre_hooks):
+        forward_with: Callable[[Params, Tensor], Tensor] = module.forward_with  # type: ignore[assignment]
+        return forward_with(params, x)  # computes with the given tensors: no swap
+    return functional_call(module, params, (x,), tie_weights=_has_tied_tensors(module))
+
+
+def _has_forward_with(cls: type) -> bool:
+    """Whether `cls` has a `forward_with` written by the class that wrote its `forward`.
+
+    A subclass that overrides `forward` alone must not be run by its parent's `forward_with`.
+    """
+    known = _FORWARD_WITH.get(cls)
+    if known is None:
+        owner = {name: next((c for c in cls.__mro__ if name in c.__dict__), None)
+                 for name in ("forward", "forward_with")}
+        known = _FORWARD_WITH[cls] = (owner["forward_with"] is not None
+                                      and owner["forward_with"] is owner["forward"])
+    return known
 
 
 def _has_tied_tensors(module: nn.Module) -> bool:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
 from metazoo.errors import ConfigError
-from metazoo.functional import call, cpu_layout, params_of
+from metazoo.functional import apply_params, call, cpu_layout, params_of
 from metazoo.inner_loop import grads, sgd_steps
 from metazoo.metrics import accuracy
 from metazoo.tasks import TaskBatch
@@ -96,6 +96,14 @@ class MAML(Algorithm):
     def forward(self, x: Tensor) -> Tensor:
         """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
         return self.head(self.backbone(x))
+
+    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+        """`forward` with `params` in place of the parameters they name (see `call`)."""
+        body = {k.removeprefix("backbone."): v for k, v in params.items()
+                if k.startswith("backbone.")}
+        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
+        return F.linear(features, params.get("head.weight", self.head.weight),
+                        params.get("head.bias", self.head.bias))
 
     def _steps(self) -> int:
         cfg = self.config

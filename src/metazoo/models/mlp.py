@@ -5,7 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from metazoo.types import Params
 
 
 class MLP(nn.Module):
@@ -29,3 +33,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))
+
+    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+        """`forward` with `params[name]` in place of each parameter it names (others: own)."""
+        x = x.flatten(1)
+        for i in range(0, len(self.layers), 2):
+            linear: nn.Linear = self.layers[i]  # type: ignore[assignment]
+            x = torch.relu(F.linear(x, params.get(f"layers.{i}.weight", linear.weight),
+                                    params.get(f"layers.{i}.bias", linear.bias)))
+        return x
