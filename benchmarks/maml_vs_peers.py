@@ -51,7 +51,7 @@ CONFIGS = {f"{o}{s}_q{q * WAYS}": {"steps": s, "first_order": o == "fo", "querie
            for q in (1, 15) for o, s in (("so", 1), ("so", 5), ("fo", 5))}
 QUICK = ["so1_q5", "fo5_q5", "so1_q75"]
 IMPLS = ["reference", "l2l", "higher", "torchopt", "metazoo"]
-QUICK_IMPLS = ["reference", "l2l", "l2l+malloc", "metazoo"]  # --quick: under 3 minutes
+QUICK_IMPLS = ["reference", "l2l", "metazoo"]  # --quick: under 3 minutes (l2l+malloc: --impls)
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 

@@ -87,7 +87,7 @@ class MAML(Algorithm):
     config: MAMLConfig
     fixed_ways = True
     adapts_with_gradients = True
-    threads_by_default = True  # 1.20-1.32x the loop on 2 cores (benchmarks/maml_vs_peers.py)
+    threads_by_default = True  # 1.08-1.60x the loop on 2 cores (docs/benchmarks.md)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
