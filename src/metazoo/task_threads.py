@@ -5,8 +5,9 @@ splitting each of them over the cores costs a synchronisation per kernel that su
 kernels cannot pay back. Giving each core whole tasks instead, one task per thread at a time,
 keeps every core busy without that per-kernel cost: MAML meta-iterations ran 1.08-1.60x
 faster on 2 cores (`benchmarks/maml_vs_peers.py --interleaved`, "threads" against "loop",
-2026-11-29; `docs/benchmarks.md`). PyTorch kernels and its autograd engine release the GIL, so the Python threads do
-run in parallel; the Python between kernels does not, which is what is left of the gap.
+2026-11-29; `docs/benchmarks.md`). PyTorch kernels and its autograd engine release the GIL,
+so the Python threads do run in parallel; the Python between kernels does not, which is what
+is left of the gap.
 
 `torch.func.functional_call` swaps a module's parameters in place for the length of a call, so
 two threads must not call it on the same module object: every worker gets its own *structural
