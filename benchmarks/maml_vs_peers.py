@@ -281,7 +281,9 @@ def conv_seconds(meta_grad: Callable[[Batch], None], batch: Batch) -> float:
 
     The ceiling of any speed-up at unchanged kernels: an implementation whose convolutions
     take `conv_s` cannot run a meta-iteration in less, so it is at most `l2l / conv_s` times
-    as fast as learn2learn even if batch norm, pooling and autograd cost nothing.
+    as fast as learn2learn even if batch norm, pooling and autograd cost nothing. Under task
+    threads the profiler sees the calling thread only (its share of the tasks), which still
+    bounds the wall time from below.
     """
     from torch.profiler import ProfilerActivity, profile
 

@@ -167,6 +167,3 @@ class MAML(Algorithm):
         if self.resolved_strategy() in ("loop", "threads") or len(batch) == 1:
             return self._backward_per_task(batch)
         return self._backward_whole(batch)
-
-    def _use_vmap(self, batch_size: int) -> bool:
-        return self.resolved_strategy() == "vmap" and batch_size > 1
