@@ -46,9 +46,10 @@ class ModelConfig:
 class TrainConfig:
     meta_steps: int = 500  # outer-loop updates
     meta_batch_size: int = 1  # tasks per outer update
-    outer_lr: float = 1e-3  # Adam learning rate of the meta-parameters
+    outer_lr: float = 1e-3  # learning rate of the meta-optimiser
+    optimizer: Literal["adam", "sgd"] = "adam"  # meta-optimiser; Reptile's outer step is SGD
     weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "linear"] = "constant"  # linear: to 0
     lr_step_every: int = 2000  # "step": multiply the lr by lr_gamma every this many steps
     lr_gamma: float = 0.5
     grad_clip: float | None = None  # clip the meta-gradient's global norm

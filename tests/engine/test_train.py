@@ -7,7 +7,7 @@ from metazoo.config import load_config
 from metazoo.engine import checkpoint
 from metazoo.engine.log import read
 from metazoo.engine.run import load_run
-from metazoo.engine.train import lr_factor, train
+from metazoo.engine.train import lr_factor, make_optimizer, train
 
 FAST = ["data.name=synthetic", "model.hidden=8", "train.progress=false", "train.log_every=2",
         "train.tensorboard=false", "eval.every=4", "eval.val_episodes=8", "eval.episodes=20",
@@ -81,6 +81,28 @@ def test_lr_schedules():
     assert lr_factor(cfg, 0) == 1.0 and lr_factor(cfg, 50) == pytest.approx(0.5)
     cfg = load_config(overrides=["train.schedule=step", "train.lr_step_every=10"]).train
     assert lr_factor(cfg, 9) == 1.0 and lr_factor(cfg, 25) == 0.25
+    cfg = load_config(overrides=["train.schedule=linear", "train.meta_steps=100"]).train
+    assert lr_factor(cfg, 0) == 1.0 and lr_factor(cfg, 75) == 0.25 and lr_factor(cfg, 100) == 0
+
+
+def test_sgd_optimizer_steps_by_lr_times_gradient():
+    cfg = load_config(overrides=["train.optimizer=sgd", "train.outer_lr=0.5"]).train
+    layer = torch.nn.Linear(2, 1)
+    opt = make_optimizer(layer, cfg)  # type: ignore[arg-type]
+    assert isinstance(opt, torch.optim.SGD)
+    before = layer.weight.detach().clone()
+    layer.weight.grad = torch.ones_like(layer.weight)
+    layer.bias.grad = torch.zeros_like(layer.bias)
+    opt.step()
+    assert torch.allclose(layer.weight, before - 0.5)
+
+
+def test_trainer_calls_begin_step_with_step_and_total(tmp_path, synthetic_data, monkeypatch):
+    from metazoo.algorithms.base import Algorithm
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(Algorithm, "begin_step", lambda self, s, n: seen.append((s, n)))
+    train(_cfg("train.meta_steps=3", "eval.every=0"), tmp_path / "run")
+    assert seen == [(0, 3), (1, 3), (2, 3)]
 
 
 def test_time_limit_stops_early_and_still_tests(tmp_path, synthetic_data):

@@ -148,6 +148,14 @@ class Algorithm(nn.Module):
             return loss, {"mse": loss.detach()}
         return F.cross_entropy(out, query_y), {"acc": accuracy(out.detach(), query_y)}
 
+    def begin_step(self, step: int, total: int) -> None:
+        """Called by the trainer before meta-iteration `step` of `total` (0-based).
+
+        For algorithms whose objective changes over training (MAML++'s annealed multi-step loss
+        weights and derivative order); the default does nothing. It may set plain attributes
+        but not parameters, so a resumed run that replays it gets the same state.
+        """
+
     # --- what the base provides -----------------------------------------------------------
     def check_ways(self, ways: int) -> int:
         """`ways` itself; `ShapeError` when a fixed-size head cannot serve it."""

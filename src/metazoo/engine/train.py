@@ -1,4 +1,4 @@
-"""The meta-training loop: Adam on the meta-parameters, validation, best-model keeping, resume.
+"""The meta-training loop: Adam or SGD on the meta-parameters, validation, best weights, resume.
 
 The loop knows nothing about algorithms beyond `meta_loss`. Step `s` trains on batch `s` of the
 training task source, a pure function of (seed, split, s), so `--resume` from a checkpoint at step
@@ -44,7 +44,16 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(step, cfg.meta_steps) / max(cfg.meta_steps, 1)))
     if cfg.schedule == "step":
         return cfg.lr_gamma ** (step // cfg.lr_step_every)
+    if cfg.schedule == "linear":  # Reptile's annealing of the meta step size (Nichol et al. 2018)
+        return max(0.0, 1.0 - step / max(cfg.meta_steps, 1))
     return 1.0
+
+
+def make_optimizer(alg: Algorithm, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The meta-optimiser of `cfg.optimizer` over the meta-parameters."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(alg.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(alg.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
 
 
 def _better(result: EvalResult, best: float | None) -> bool:
@@ -90,8 +99,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     device = resolve_device(cfg.train.device)
     shape = tuple(state[1]["input_shape"]) if state else input_shape(cfg)
     alg = build_algorithm(cfg, shape).to(device)
-    opt = torch.optim.Adam(alg.parameters(), lr=cfg.train.outer_lr,
-                           weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(alg, cfg.train)
     if state is not None:
         tensors, meta = state
         try:
@@ -121,6 +129,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     for step in bar:
         batch = train_src.batch(step, t.meta_batch_size).to(device)
         opt.zero_grad(set_to_none=True)
+        alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
         loss, metrics = alg.meta_backward(batch)  # task by task where tasks run as a loop
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
