@@ -89,6 +89,25 @@ def test_vmap_equals_loop(first_order):
     torch.testing.assert_close(g_vmap, g_loop)
 
 
+def test_first_order_gradients_are_constants_for_captured_tensors_under_vmap():
+    """A loss that captures a differentiable tensor (ANIL's features, CAVIA's network): first
+    order treats the inner gradients as constants w.r.t. it too, under vmap as in the loop."""
+    a, _, w0 = _problem()
+    bs = torch.randn(3, 4)
+    scale = torch.tensor(1.5, requires_grad=True)  # captured by the inner loss
+    w = w0.clone().requires_grad_()
+
+    def meta(bi):
+        loss = _quadratic(a, scale * bi)
+        out = sgd_steps(loss, {"w": w}, steps=2, lr=0.1, first_order=True)
+        return 0.5 * (out["w"] ** 2).sum()
+
+    _, g_vmap = torch.autograd.grad(torch.vmap(meta)(bs).sum(), [w, scale], allow_unused=True)
+    _, g_loop = torch.autograd.grad(sum(meta(bi) for bi in bs), [w, scale], allow_unused=True)
+    assert g_loop is None  # the eager loop: no path from scale to the adapted w
+    assert g_vmap is None or g_vmap.abs().max() == 0
+
+
 def test_zero_steps_and_bad_steps():
     a, b, w0 = _problem()
     assert sgd_steps(_quadratic(a, b), {"w": w0}, steps=0, lr=0.1, first_order=False)["w"] is w0

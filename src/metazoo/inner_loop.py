@@ -31,8 +31,12 @@ LearningRate = float | Tensor | Params
 def grads(loss_fn: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
     """Gradient of `loss_fn` at `params` by name; with its graph unless `first_order`."""
     if maybe_current_level() is not None:  # inside vmap/grad: only torch.func sees the batch
-        inputs = {k: v.detach() for k, v in params.items()} if first_order else params
-        return torch.func.grad(loss_fn)(inputs)
+        if not first_order:
+            return torch.func.grad(loss_fn)(params)
+        # constants: also w.r.t. tensors that loss_fn captures (ANIL's features, CAVIA's theta),
+        # as the eager branch's gradients are
+        gs = torch.func.grad(loss_fn)({k: v.detach() for k, v in params.items()})
+        return {k: g.detach() for k, g in gs.items()}
     # first order: constants; second order: only tensors outside any graph need a fresh leaf
     params = {k: v.detach().requires_grad_() if first_order or not v.requires_grad else v
               for k, v in params.items()}

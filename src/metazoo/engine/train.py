@@ -193,4 +193,6 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm,
 
 def batch_norm_mode(alg: Algorithm) -> str:
     """How batch norm used statistics when the number was produced (recorded with results)."""
+    if getattr(alg.config, "eval_bn", "batch") == "running":  # MAML++ with per-step statistics
+        return "running"
     return str(getattr(alg.config, "bn_mode", "transductive"))
