@@ -1,0 +1,215 @@
+"""Reptile: move the initialisation toward the weights that training on each task reaches.
+
+Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms". arXiv:1803.02999, 2018.
+
+A task's predictor is the network (backbone + linear head) after k steps of an ordinary optimiser
+on mini-batches of its support set, W = U^k_tau(phi), from the meta-learned phi: Adam with
+beta1 = 0 as in the experiments (Sec. 6.1), or plain SGD. The outer update is Algorithm 2
+(batched) over the n tasks of a meta-batch, and Algorithm 1 (serial) when meta_batch_size = 1:
+    phi <- phi + epsilon * (1/n) sum_i (W_i - phi)
+`meta_loss` is a surrogate whose VALUE is the mean query loss after adaptation (logged only) and
+whose GRADIENT is phi - mean_i(W_i), the "gradient" of Sec. 3. So the trainer with
+`train.optimizer: sgd`, `train.outer_lr: epsilon`, `train.schedule: linear` takes exactly the
+paper's meta-step, annealed linearly to 0 (App. A).
+Inner mini-batches are those of the reference code's `_mini_batches`: shuffled passes over the
+support set cut into consecutive batches (one may span two passes), shuffled by `random.Random`
+seeded with (`shuffle_seed`, meta-iteration) in training, so a resumed run repeats them, and
+with `shuffle_seed` alone in `adapt`.
+
+Deviations: every task starts Adam from zero moments, so `adapt` is a pure function of
+(phi, support) (Sec. 6.1 and the reference code carry Adam's moments from task to task in
+training and start evaluations from them); Adam as PyTorch computes it (epsilon added to the
+bias-corrected sqrt(v), not to sqrt(v) as in TensorFlow). Non-transductive batch norm
+normalises a query with the support statistics (the reference adds that one query to them).
+Presets: reptile-omniglot-5w1s, -5w5s, -20w1s, -20w5s, reptile-sinusoid.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.errors import ConfigError
+from metazoo.functional import apply_params, call, params_of
+from metazoo.inner_loop import grads
+from metazoo.metrics import accuracy
+from metazoo.tasks import TaskBatch
+from metazoo.types import Params, Predictor
+
+BNMode = Literal["transductive", "non_transductive"]
+ADAM_EPS = 1e-8  # TensorFlow's and PyTorch's default
+
+
+@dataclass(frozen=True)
+class ReptileConfig(AlgorithmConfig):
+    inner_optimizer: Literal["adam", "sgd"] = "adam"  # U of Alg. 1: Adam in Sec. 6.1
+    inner_lr: float = 0.001  # Adam step size: 0.001 5-way, 0.0005 20-way Omniglot (App. A)
+    inner_steps: int = 5  # k, inner iterations in training: 5 (20-way: 10) (App. A)
+    inner_batch_size: int = 10  # support examples per inner step: 10 (20-way: 20) (App. A)
+    eval_inner_steps: int = 50  # inner iterations at evaluation: 50 (App. A)
+    eval_inner_batch_size: int = 5  # inner batch at evaluation: 5 (20-way: 10) (App. A)
+    adam_beta1: float = 0.0  # no momentum: it hurt in every experiment (Sec. 6.1)
+    adam_beta2: float = 0.999  # Adam's default
+    shuffle_seed: int = 0  # seeds the order of the inner mini-batches
+    bn_mode: BNMode = "transductive"  # batch statistics of each batch, as the reference code
+
+    def validate(self) -> None:
+        if self.inner_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"reptile inner_optimizer must be 'adam' or 'sgd', "
+                              f"got '{self.inner_optimizer}'")
+        if not self.inner_lr > 0:
+            raise ConfigError(f"reptile inner_lr must be > 0, got {self.inner_lr}")
+        for name in ("inner_steps", "inner_batch_size", "eval_inner_steps",
+                     "eval_inner_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"reptile {name} must be >= 1, got {getattr(self, name)}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ConfigError("reptile adam_beta1 and adam_beta2 must be in [0, 1), got "
+                              f"{self.adam_beta1} and {self.adam_beta2}")
+        if self.bn_mode not in ("transductive", "non_transductive"):
+            raise ConfigError(f"reptile bn_mode must be 'transductive' or 'non_transductive', "
+                              f"got '{self.bn_mode}'")
+
+
+def mini_batch_orders(n: int, steps: int, batch: int, tasks: int, seed: str) -> Tensor:
+    """Support indices `[tasks, steps, batch]`: per task, shuffled passes over `range(n)` cut
+    into consecutive batches, drawn by Python's `random.Random(seed)`: the same on every device
+    and torch version, and independent of torch's global generator."""
+    rng = random.Random(seed)
+    passes = -(-steps * batch // n)  # ceil: enough passes for steps * batch indices
+    rows = []
+    for _ in range(tasks):
+        stream: list[int] = []
+        for _ in range(passes):
+            order = list(range(n))
+            rng.shuffle(order)
+            stream += order
+        rows.append(stream[:steps * batch])
+    return torch.tensor(rows, dtype=torch.long).view(tasks, steps, batch)
+
+
+def adam_step(params: Params, g: Params, m: Params, v: Params, t: int, lr: float,
+              beta1: float, beta2: float) -> tuple[Params, Params, Params]:
+    """Step `t` (1-based) of Adam (Kingma & Ba 2015, Alg. 1) as `torch.optim.Adam` computes it:
+    new params, first and second moments."""
+    m = {k: torch.lerp(m[k], g[k], 1 - beta1) for k in params}
+    v = {k: torch.addcmul(v[k] * beta2, g[k], g[k], value=1 - beta2) for k in params}
+    step, root = lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
+    new = {k: p - step * m[k] / (v[k].sqrt() / root + ADAM_EPS) for k, p in params.items()}
+    return new, m, v
+
+
+def _loss(out: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy for labels `[M]`, MSE for targets `[M, d_out]`."""
+    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
+
+
+@register("reptile", display="Reptile", family="gradient", config=ReptileConfig,
+          paper="Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. "
+                "arXiv:1803.02999, 2018", tasks={"classification", "regression"})
+class Reptile(Algorithm):
+    """Reptile: pull the initialisation toward each task's trained weights (Alg. 1 and 2)."""
+
+    config: ReptileConfig
+    fixed_ways = True
+    adapts_with_gradients = True
+    # Tasks run as a loop. A conv bias right before batch norm does not change the output, so its
+    # support gradient is rounding noise, which Adam scales up to steps of about inner_lr: its
+    # W_i - phi is noise as large as the real ones, and vmap or threads, which round
+    # differently, give different noise. The loop is the one reproducible order.
+    vmappable = False
+
+    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
+        super().__init__(backbone, config, ways=ways)
+        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
+        self.step = 0  # meta-iteration, set by begin_step: seeds the inner shuffles
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
+        return self.head(self.backbone(x))
+
+    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+        """`forward` with `params` in place of the parameters they name (see `call`)."""
+        body = {k.removeprefix("backbone."): v for k, v in params.items()
+                if k.startswith("backbone.")}
+        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
+        return F.linear(features, params.get("head.weight", self.head.weight),
+                        params.get("head.bias", self.head.bias))
+
+    def begin_step(self, step: int, total: int) -> None:
+        self.step = step
+
+    def _orders(self, n: int, tasks: int) -> Tensor:
+        """Inner mini-batches `[tasks, steps, batch]` for the current mode (train or eval)."""
+        cfg = self.config
+        if self.training:
+            return mini_batch_orders(n, cfg.inner_steps, cfg.inner_batch_size, tasks,
+                                     f"reptile/{cfg.shuffle_seed}/train/{self.step}")
+        return mini_batch_orders(n, cfg.eval_inner_steps, cfg.eval_inner_batch_size, tasks,
+                                 f"reptile/{cfg.shuffle_seed}/adapt")
+
+    def _adapted(self, support_x: Tensor, support_y: Tensor, order: Tensor) -> Params:
+        """W = U^k(phi): one inner step per row of `order` (`[k, batch]`), first order, no graph."""
+        cfg = self.config
+        params = {k: v.detach() for k, v in params_of(self).items()}
+        m = {k: torch.zeros_like(v) for k, v in params.items()}
+        v2 = dict(m)
+        for t in range(order.shape[0]):
+            x, y = support_x[order[t]], support_y[order[t]]  # [batch, *x], [batch]
+            g = grads(partial(self._batch_loss, x=x, y=y), params, True)
+            if cfg.inner_optimizer == "sgd":
+                params = {k: p - cfg.inner_lr * g[k] for k, p in params.items()}
+            else:
+                params, m, v2 = adam_step(params, g, m, v2, t + 1, cfg.inner_lr,
+                                          cfg.adam_beta1, cfg.adam_beta2)
+        return params
+
+    def _batch_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return _loss(call(self, params, x), y)
+
+    def _predictor(self, params: Params, support_x: Tensor) -> Predictor:
+        if self.config.bn_mode == "transductive":
+            return lambda query_x: call(self, params, query_x)
+        n = support_x.shape[0]
+        return lambda query_x: call(self, params, torch.cat([support_x, query_x]),
+                                    stats_rows=n)[n:]  # [N*Q, ways]
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
+              ) -> Predictor:
+        self.check_ways(ways or self.ways)
+        order = self._orders(support_x.shape[0], 1)[0].to(support_x.device)  # [k, batch]
+        return self._predictor(self._adapted(support_x, support_y, order), support_x)
+
+    def _task(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, order: Tensor
+              ) -> tuple[Params, Tensor, dict[str, Tensor]]:
+        """One task: adapted weights W_i, and its query loss and metric at W_i."""
+        w = self._adapted(sx, sy, order)
+        with torch.no_grad():  # the value is logged only: no graph
+            out = self._predictor(w, sx)(qx)
+            loss = _loss(out, qy)
+        return w, loss, {"mse": loss} if qy.is_floating_point() else {"acc": accuracy(out, qy)}
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean query loss after adaptation, with gradient phi - mean_i(W_i) (Alg. 2)."""
+        self.check_ways(batch.ways)
+        tasks = len(batch)
+        orders = self._orders(batch.support_x.shape[1], tasks).to(batch.support_x.device)
+        args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y, orders)
+        outs = [self._task(*(a[i] for a in args)) for i in range(tasks)]
+        w = {k: torch.stack([o[0][k] for o in outs]) for k in outs[0][0]}  # [B, *shape]
+        losses = torch.stack([o[1] for o in outs])  # [B]
+        metrics = {k: torch.stack([o[2][k] for o in outs]) for k in outs[0][2]}
+        theta = params_of(self)
+        # d/d phi of sum(phi * sg(phi - mean W)) is phi - mean_i W_i: SGD with lr epsilon is Alg. 2
+        surrogate = torch.stack([(p * (p.detach() - w[k].mean(0))).sum()
+                                 for k, p in theta.items()]).sum()
+        loss = losses.mean() + (surrogate - surrogate.detach())  # value: the mean query loss
+        return loss, {k: v.mean() for k, v in metrics.items()}
