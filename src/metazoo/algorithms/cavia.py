@@ -1,0 +1,173 @@
+"""Fast Context Adaptation via Meta-Learning (CAVIA).
+
+Zintgraf, Shiarlis, Kurin, Hofmann, Whiteson. "Fast Context Adaptation via Meta-Learning".
+ICML 2019. arXiv:1810.03642.
+
+The parameters are split into context parameters phi (a vector of `context_dim`, an extra input
+of the network) and shared parameters theta (everything else). For each task phi starts at zero
+(phi_0 = 0, Algorithm 1) and only phi takes the inner SGD steps on the support loss (Eq. 3):
+    phi_i = phi_0 - alpha * grad_phi L_{T_i}^{support}(f_{phi_0, theta})
+theta is meta-learned in the outer loop only, on the query loss at the adapted context (Eq. 4):
+    min_theta  sum_{T_i} L_{T_i}^{query}(f_{phi_i, theta})
+Second order by default: the meta-gradient flows through the context updates (their gradients
+depend on theta); `first_order=True` treats each inner gradient as a constant.
+How phi enters the network (Sec. 3 and the experiments of Sec. 5):
+* MLP (regression, Sec. 5.1): phi is concatenated to the input of the first layer. Here as an
+  extra bias-free linear map of phi added to the first layer's pre-activation:
+  W [x; phi] + b = W_x x + W_phi phi + b, the same function with the same parameters.
+* conv4 (classification, Sec. 5.2): FiLM (Perez et al. 2018). A linear map of phi, part of
+  theta, gives per-channel (gamma, beta); a modulated block runs conv -> batch norm -> max-pool
+  -> gamma * h + beta -> ReLU, the order of the reference code, which modulates the third of the
+  four blocks only (`film_blocks`).
+
+Deviations: the FiLM generator's bias starts at gamma = 1, beta = 0 (the reference code leaves
+torch's default, gamma ~ 0), so before any adaptation the network is exactly backbone + head; its
+weights use Kaiming-uniform as the reference code. Backbone and head keep torch's default
+initialisation (the reference code uses Kaiming with zero biases for the image network). The
+reference clamps each meta-gradient entry to [-10, 10]; the trainer clips the global norm instead
+(`train.grad_clip`). Batch norm is transductive (batch statistics), as the reference code.
+Presets: cavia-sinusoid, cavia-omniglot-5w1s, cavia-omniglot-20w1s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.errors import ConfigError
+from metazoo.functional import batch_norm, batch_norm_relu_pool
+from metazoo.inner_loop import grads
+from metazoo.models.conv4 import Conv4
+from metazoo.models.mlp import MLP
+from metazoo.types import Predictor
+
+
+@dataclass(frozen=True)
+class CAVIAConfig(AlgorithmConfig):
+    context_dim: int = 100  # |phi|: 100 for images (Sec. 5.2, code num_context_params); 5 sine
+    inner_lr: float = 1.0  # alpha of Eq. 3: 1.0 in every experiment of the reference code
+    inner_steps: int = 2  # context updates in training: 2 images (Sec. 5.2), 1 sinusoid (5.1)
+    eval_inner_steps: int | None = None  # steps at evaluation; None = inner_steps (code: same)
+    first_order: bool = False  # drop the second-order terms of the meta-gradient
+    film_blocks: tuple[int, ...] = (3,)  # conv4 blocks (1 = first) FiLM modulates; code: third
+
+    def validate(self) -> None:
+        if self.context_dim < 1:
+            raise ConfigError(f"cavia context_dim must be >= 1, got {self.context_dim}")
+        if not self.inner_lr > 0:
+            raise ConfigError(f"cavia inner_lr must be > 0, got {self.inner_lr}")
+        if self.inner_steps < 1 or (self.eval_inner_steps is not None
+                                    and self.eval_inner_steps < 1):
+            raise ConfigError("cavia inner_steps and eval_inner_steps must be >= 1, got "
+                              f"{self.inner_steps} and {self.eval_inner_steps}")
+        if not self.film_blocks or min(self.film_blocks) < 1:
+            raise ConfigError(f"cavia film_blocks must be a non-empty list of conv block numbers "
+                              f">= 1 (1 = first block), got {list(self.film_blocks)}")
+
+
+def _loss(out: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy for labels `[M]`, MSE for targets `[M, d_out]`."""
+    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
+
+
+@register("cavia", display="CAVIA", family="gradient", config=CAVIAConfig,
+          paper="Zintgraf, Shiarlis, Kurin, Hofmann, Whiteson. Fast Context Adaptation via "
+                "Meta-Learning. ICML 2019", tasks={"classification", "regression"})
+class CAVIA(Algorithm):
+    """CAVIA: adapt a small context vector per task; meta-learn the network around it."""
+
+    config: CAVIAConfig
+    fixed_ways = True
+    adapts_with_gradients = True
+
+    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
+        super().__init__(backbone, config, ways=ways)
+        cfg = self.config
+        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
+        if isinstance(backbone, MLP):
+            first: nn.Linear = backbone.layers[0]  # type: ignore[assignment]
+            # W_phi: the context columns of the first layer's weight on [x; phi]; drawn with the
+            # bound torch gives that concatenated layer, 1/sqrt(fan_in + context_dim)
+            self.context_in = nn.Linear(cfg.context_dim, first.out_features, bias=False)
+            bound = 1 / math.sqrt(first.in_features + cfg.context_dim)
+            nn.init.uniform_(self.context_in.weight, -bound, bound)
+        elif isinstance(backbone, Conv4):
+            blocks = len(backbone.features)
+            if max(cfg.film_blocks) > blocks:
+                raise ConfigError(f"cavia film_blocks {list(cfg.film_blocks)} name a block past "
+                                  f"the backbone's {blocks}; use numbers 1 to {blocks}")
+            self.film = nn.ModuleDict()
+            for b in sorted(set(cfg.film_blocks)):
+                channels = backbone.features[b - 1][0].out_channels  # type: ignore[index]
+                film = nn.Linear(cfg.context_dim, 2 * channels)  # -> [gamma; beta]
+                nn.init.kaiming_uniform_(film.weight, nonlinearity="linear")  # reference code
+                with torch.no_grad():  # gamma = 1, beta = 0 at phi = 0: identity at the start
+                    film.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
+                self.film[str(b)] = film
+        else:
+            raise ConfigError(f"cavia needs an mlp or conv4 backbone (context at the input or by "
+                              f"FiLM), got {type(backbone).__name__}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network before adaptation (phi = 0): `[M, *x]` -> `[M, ways]`."""
+        return self.network(self.head.weight.new_zeros(self.config.context_dim), x)
+
+    def network(self, phi: Tensor, x: Tensor) -> Tensor:
+        """f_{phi, theta}(x): the network with context `phi` (`[context_dim]`) on `[M, *x]`."""
+        if isinstance(self.backbone, MLP):
+            h = x.flatten(1)
+            for i in range(0, len(self.backbone.layers), 2):
+                h = self.backbone.layers[i](h)  # Linear
+                if i == 0:  # the context half of the first layer on [x; phi]
+                    h = h + self.context_in(phi)  # [width] broadcast over the rows
+                h = torch.relu(h)
+            return self.head(h)
+        conv4: Conv4 = self.backbone  # type: ignore[assignment]
+        h = x
+        for i, block in enumerate(conv4.features):  # as Conv4.forward_with, FiLM inserted
+            conv, bn = block[0], block[1]  # type: ignore[index]
+            h = conv(h)
+            pool, key = i < conv4.pools, str(i + 1)
+            if key not in self.film:  # the fused block of conv4 itself
+                h = (batch_norm_relu_pool(h, bn.weight, bn.bias, bn.eps) if pool
+                     else torch.relu(batch_norm(h, bn.weight, bn.bias, bn.eps)))
+                continue
+            h = batch_norm(h, bn.weight, bn.bias, bn.eps)
+            h = F.max_pool2d(h, 2) if pool else h
+            gamma, beta = self.film[key](phi).view(2, -1, 1, 1).unbind(0)  # [C, 1, 1] each
+            h = torch.relu(gamma * h + beta)  # FiLM after pooling, before ReLU (reference)
+        return self.head(h.flatten(1))
+
+    def _steps(self) -> int:
+        cfg = self.config
+        return cfg.inner_steps if self.training else (cfg.eval_inner_steps or cfg.inner_steps)
+
+    def adapted_context(self, support_x: Tensor, support_y: Tensor,
+                        steps: int | None = None) -> Tensor:
+        """phi after `steps` SGD steps of Eq. 3 from phi_0 = 0 on the support loss."""
+        # evaluation needs no meta-gradient: skip the second-order graph there
+        first_order = self.config.first_order or not (self.training and torch.is_grad_enabled())
+        phi = self.head.weight.new_zeros(self.config.context_dim)  # reset for every task
+
+        def support_loss(p: dict[str, Tensor]) -> Tensor:
+            return _loss(self.network(p["phi"], support_x), support_y)
+
+        for _ in range(self._steps() if steps is None else steps):
+            g = grads(support_loss, {"phi": phi}, first_order)["phi"]
+            # under vmap the gradient still carries theta's graph (theta is closed over, not an
+            # input of torch.func.grad): cut it so first order means first order there too
+            phi = phi - self.config.inner_lr * (g.detach() if first_order else g)
+        return phi
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
+              ) -> Predictor:
+        self.check_ways(ways or self.ways)
+        phi = self.adapted_context(support_x, support_y)
+        if not torch.is_grad_enabled():  # evaluation: keep no graph alive in the predictor
+            phi = phi.detach()
+        return lambda query_x: self.network(phi, query_x)
