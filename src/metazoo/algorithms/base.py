@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metazoo.errors import ConfigError, ShapeError
+from metazoo.functional import apply_params
 from metazoo.metrics import accuracy
 from metazoo.task_threads import map_chunks
 from metazoo.tasks import TaskBatch
-from metazoo.types import Family, Predictor, TaskKind
+from metazoo.types import Family, Params, Predictor, TaskKind
 
 Strategy = Literal["auto", "vmap", "loop", "threads"]
 
@@ -279,3 +280,24 @@ class Algorithm(nn.Module):
         return torch.stack([out for outs in map_chunks(run, self, tasks,
                                                        self._task_workers(tasks))
                             for out in outs])
+
+
+class LinearHeadAlgorithm(Algorithm):
+    """An algorithm whose network is the backbone plus a linear head of `ways` outputs, run with
+    given parameters through `forward_with` (the gradient family: MAML, iMAML, Reptile...)."""
+
+    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
+        super().__init__(backbone, config, ways=ways)
+        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
+        return self.head(self.backbone(x))
+
+    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+        """`forward` with `params` in place of the parameters they name (see `call`)."""
+        body = {k.removeprefix("backbone."): v for k, v in params.items()
+                if k.startswith("backbone.")}
+        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
+        return F.linear(features, params.get("head.weight", self.head.weight),
+                        params.get("head.bias", self.head.bias))

@@ -38,11 +38,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
 from metazoo.errors import ConfigError
-from metazoo.functional import apply_params, call, cpu_layout, params_of
+from metazoo.functional import call, cpu_layout, params_of
 from metazoo.inner_loop import sgd_steps
 from metazoo.metrics import accuracy
 from metazoo.solvers import conjugate_gradient
@@ -89,29 +89,13 @@ def _grad(loss: Tensor, params: Params, create_graph: bool = False) -> list[Tens
 @register("imaml", display="iMAML", family="gradient", config=IMAMLConfig,
           paper="Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit Gradients. "
                 "NeurIPS 2019", tasks={"classification", "regression"})
-class IMAML(Algorithm):
+class IMAML(LinearHeadAlgorithm):
     """iMAML: meta-learn the centre of a proximal inner problem, with implicit meta-gradients."""
 
     config: IMAMLConfig
     fixed_ways = True
     adapts_with_gradients = True
     vmappable = False  # CG stops on a data-dependent residual; double backward per task
-
-    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
-        super().__init__(backbone, config, ways=ways)
-        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
-        return self.head(self.backbone(x))
-
-    def forward_with(self, params: Params, x: Tensor) -> Tensor:
-        """`forward` with `params` in place of the parameters they name (see `call`)."""
-        body = {k.removeprefix("backbone."): v for k, v in params.items()
-                if k.startswith("backbone.")}
-        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
-        return F.linear(features, params.get("head.weight", self.head.weight),
-                        params.get("head.bias", self.head.bias))
 
     def inner_solve(self, support_x: Tensor, support_y: Tensor) -> Params:
         """phi_i of Eq. 4 by GD from theta; detached (no graph), with the eval settings in

@@ -28,11 +28,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
 from metazoo.errors import ConfigError
-from metazoo.functional import apply_params, call, cpu_layout, params_of
+from metazoo.functional import call, cpu_layout, params_of
 from metazoo.inner_loop import grads, sgd_steps
 from metazoo.metrics import accuracy
 from metazoo.tasks import TaskBatch
@@ -81,29 +81,13 @@ def _query_loss(out: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
 @register("maml", display="MAML", family="gradient", config=MAMLConfig,
           paper="Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep "
                 "Networks. ICML 2017", tasks={"classification", "regression"})
-class MAML(Algorithm):
+class MAML(LinearHeadAlgorithm):
     """MAML: meta-learn the initialisation that SGD on a support set adapts best."""
 
     config: MAMLConfig
     fixed_ways = True
     adapts_with_gradients = True
     threads_by_default = True  # 1.08-1.60x the loop on 2 cores (docs/benchmarks.md)
-
-    def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
-        super().__init__(backbone, config, ways=ways)
-        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
-        return self.head(self.backbone(x))
-
-    def forward_with(self, params: Params, x: Tensor) -> Tensor:
-        """`forward` with `params` in place of the parameters they name (see `call`)."""
-        body = {k.removeprefix("backbone."): v for k, v in params.items()
-                if k.startswith("backbone.")}
-        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
-        return F.linear(features, params.get("head.weight", self.head.weight),
-                        params.get("head.bias", self.head.bias))
 
     def _steps(self) -> int:
         cfg = self.config

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._C._functorch import maybe_current_level
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
 from metazoo.errors import ConfigError
-from metazoo.functional import apply_params, call, params_of
+from metazoo.functional import call, params_of
 from metazoo.types import Params, Predictor
 
 QueryBN = Literal["support", "batch"]
@@ -106,7 +106,7 @@ def _grad_and_loss(loss_fn: Callable[[Params], Tensor], params: Params) -> tuple
 @register("meta_lstm", display="Meta-LSTM", family="gradient", config=MetaLSTMConfig,
           paper="Ravi, Larochelle. Optimization as a Model for Few-Shot Learning. ICLR 2017",
           tasks={"classification", "regression"})
-class MetaLSTM(Algorithm):
+class MetaLSTM(LinearHeadAlgorithm):
     """An LSTM that meta-learns the learner's initialisation (c_0) and its update rule."""
 
     config: MetaLSTMConfig
@@ -116,7 +116,6 @@ class MetaLSTM(Algorithm):
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
-        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
         h = cfg.hidden_size
         # first layer: an ordinary LSTM cell over [preprocessed loss (2), gradient (2)]
         self.lstm_weight = nn.Parameter(torch.empty(4 * h, 4 + h).uniform_(-0.01, 0.01))
@@ -127,17 +126,6 @@ class MetaLSTM(Algorithm):
         self.forget_bias = nn.Parameter(torch.empty(1).uniform_(*cfg.forget_bias_init))
         self.input_bias = nn.Parameter(torch.empty(1).uniform_(*cfg.input_bias_init))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The learner at c_0: `[M, *x]` -> `[M, ways]`."""
-        return self.head(self.backbone(x))
-
-    def forward_with(self, params: Params, x: Tensor) -> Tensor:
-        """`forward` with `params` in place of the learner parameters they name."""
-        body = {k.removeprefix("backbone."): v for k, v in params.items()
-                if k.startswith("backbone.")}
-        features = apply_params(self.backbone, body, x)
-        return F.linear(features, params.get("head.weight", self.head.weight),
-                        params.get("head.bias", self.head.bias))
 
     def learner_params(self) -> Params:
         """c_0: the learner's parameters (backbone and head), by name."""

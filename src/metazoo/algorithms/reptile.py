@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
 from metazoo.errors import ConfigError
-from metazoo.functional import apply_params, call, params_of
+from metazoo.functional import call, params_of
 from metazoo.inner_loop import grads
 from metazoo.metrics import accuracy
 from metazoo.tasks import TaskBatch
@@ -115,7 +115,7 @@ def _loss(out: Tensor, y: Tensor) -> Tensor:
 @register("reptile", display="Reptile", family="gradient", config=ReptileConfig,
           paper="Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. "
                 "arXiv:1803.02999, 2018", tasks={"classification", "regression"})
-class Reptile(Algorithm):
+class Reptile(LinearHeadAlgorithm):
     """Reptile: pull the initialisation toward each task's trained weights (Alg. 1 and 2)."""
 
     config: ReptileConfig
@@ -129,20 +129,8 @@ class Reptile(Algorithm):
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
-        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
         self.step = 0  # meta-iteration, set by begin_step: seeds the inner shuffles
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
-        return self.head(self.backbone(x))
-
-    def forward_with(self, params: Params, x: Tensor) -> Tensor:
-        """`forward` with `params` in place of the parameters they name (see `call`)."""
-        body = {k.removeprefix("backbone."): v for k, v in params.items()
-                if k.startswith("backbone.")}
-        features = apply_params(self.backbone, body, x)  # in the caller's batch-norm mode
-        return F.linear(features, params.get("head.weight", self.head.weight),
-                        params.get("head.bias", self.head.bias))
 
     def begin_step(self, step: int, total: int) -> None:
         self.step = step
