@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from metazoo.algorithms.base import Algorithm
@@ -54,3 +56,24 @@ def accuracy_before_after(alg: Algorithm, episodes: EpisodeSampler, test: TaskBa
     before = query_accuracy(alg, test)
     meta_train(alg, episodes, steps, lr)
     return before, query_accuracy(alg, test)
+
+
+def float64_sine_batch(tasks=3, shots=4, queries=5, seed=0) -> TaskBatch:
+    """Sine regression tasks in float64 (amplitude 0.1-5, phase 0-pi), for reference checks."""
+    g = torch.Generator().manual_seed(seed)
+    amp = torch.rand(tasks, 1, 1, generator=g, dtype=torch.float64) * 4.9 + 0.1
+    phase = torch.rand(tasks, 1, 1, generator=g, dtype=torch.float64) * math.pi
+    xs = torch.rand(tasks, shots, 1, generator=g, dtype=torch.float64) * 10 - 5
+    xq = torch.rand(tasks, queries, 1, generator=g, dtype=torch.float64) * 10 - 5
+    return TaskBatch(xs, amp * torch.sin(xs - phase), xq, amp * torch.sin(xq - phase), 1, shots,
+                     queries)
+
+
+def float64_noise_image_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed=0) -> TaskBatch:
+    """Random 1-channel float64 images with class-sorted labels, for reference checks."""
+    g, dt = torch.Generator().manual_seed(seed), torch.float64
+    return TaskBatch(torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=dt),
+                     torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous(),
+                     torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=dt),
+                     torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous(),
+                     ways, shots, queries)

@@ -1,6 +1,7 @@
 """Meta-LSTM: preprocessing, the SGD special case, the hand-unrolled meta-gradient, learning."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -11,28 +12,15 @@ from metazoo.algorithms.meta_lstm import preprocess
 from metazoo.errors import ConfigError
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
-from metazoo.tasks import TaskBatch
+from tests.algorithms.learning import float64_noise_image_batch, float64_sine_batch
 
 DT = torch.float64
 
 
-def _regression_batch(tasks=2, shots=4, queries=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    amp = torch.rand(tasks, 1, 1, generator=g, dtype=DT) * 4.9 + 0.1
-    phase = torch.rand(tasks, 1, 1, generator=g, dtype=DT) * math.pi
-    xs = torch.rand(tasks, shots, 1, generator=g, dtype=DT) * 10 - 5
-    xq = torch.rand(tasks, queries, 1, generator=g, dtype=DT) * 10 - 5
-    return TaskBatch(xs, amp * torch.sin(xs - phase), xq, amp * torch.sin(xq - phase), 1, shots,
-                     queries)
+_regression_batch = partial(float64_sine_batch, tasks=2, shots=4, queries=5)
 
 
-def _image_batch(tasks=1, ways=3, shots=2, queries=3, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TaskBatch(torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=DT),
-                     torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous(),
-                     torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=DT),
-                     torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous(),
-                     ways, shots, queries)
+_image_batch = partial(float64_noise_image_batch, tasks=1, ways=3, shots=2, queries=3)
 
 
 def test_preprocess_matches_the_formula_on_both_branches():
@@ -177,7 +165,10 @@ def test_bad_config_values_raise():
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
     """150 meta-iterations (Adam, clipping 0.25 as the paper) of a conv4 with 8 filters."""
-    from tests.algorithms.learning import glyph_episodes, query_accuracy
+    from tests.algorithms.learning import (
+        glyph_episodes,
+        query_accuracy,
+    )
 
     # one thread: the many small [N, 20] LSTM ops each end in a parallel barrier, and with two
     # threads on a busy machine a descheduled thread stalls every one (15x slower measured)

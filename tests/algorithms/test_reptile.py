@@ -2,7 +2,7 @@
 torch.optim.Adam, mini-batch orders, batch-norm modes, errors, and learning sinusoids."""
 
 import copy
-import math
+from functools import partial
 
 import pytest
 import torch
@@ -14,28 +14,15 @@ from metazoo.errors import ConfigError
 from metazoo.functional import params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
-from metazoo.tasks import TaskBatch
+from tests.algorithms.learning import float64_noise_image_batch, float64_sine_batch
 
 DT = torch.float64
 
 
-def _regression_batch(tasks=3, shots=4, queries=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    amp = torch.rand(tasks, 1, 1, generator=g, dtype=DT) * 4.9 + 0.1
-    phase = torch.rand(tasks, 1, 1, generator=g, dtype=DT) * math.pi
-    xs = torch.rand(tasks, shots, 1, generator=g, dtype=DT) * 10 - 5
-    xq = torch.rand(tasks, queries, 1, generator=g, dtype=DT) * 10 - 5
-    return TaskBatch(xs, amp * torch.sin(xs - phase), xq, amp * torch.sin(xq - phase), 1, shots,
-                     queries)
+_regression_batch = partial(float64_sine_batch, tasks=3, shots=4, queries=5)
 
 
-def _image_batch(tasks=1, ways=3, shots=2, queries=2, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TaskBatch(torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=DT),
-                     torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous(),
-                     torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=DT),
-                     torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous(),
-                     ways, shots, queries)
+_image_batch = partial(float64_noise_image_batch, tasks=1, ways=3, shots=2, queries=2)
 
 
 def _f(w, x):
