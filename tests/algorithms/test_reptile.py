@@ -32,15 +32,22 @@ def _f(w, x):
     return h @ w[4].T + w[5]
 
 
-def _hand_reptile(theta, batch, orders, optimizer, lr, betas=(0.0, 0.999)):
-    """Adapted weights W_i (explicit inner loop, no metazoo code) and the mean query MSE."""
+def _hand_reptile(theta, batch, orders, optimizer, lr, betas=(0.0, 0.999), carry=True):
+    """Adapted weights W_i (explicit inner loop, no metazoo code) and the mean query MSE.
+    With `carry`, Adam's moments and step count pass from task to task (reference code)."""
     b1, b2 = betas
     phis, losses = [], []
+    m = [torch.zeros_like(t) for t in theta]
+    v = [torch.zeros_like(t) for t in theta]
+    t = 0
     for i in range(len(batch)):
         w = list(theta)
-        m = [torch.zeros_like(t) for t in theta]
-        v = [torch.zeros_like(t) for t in theta]
-        for t, idx in enumerate(orders[i], start=1):
+        if not carry:
+            m = [torch.zeros_like(a) for a in theta]
+            v = [torch.zeros_like(a) for a in theta]
+            t = 0
+        for idx in orders[i]:
+            t += 1
             w = [a.detach().requires_grad_() for a in w]
             x, y = batch.support_x[i][idx], batch.support_y[i][idx]
             g = torch.autograd.grad(((_f(w, x) - y) ** 2).mean(), w)
@@ -57,17 +64,21 @@ def _hand_reptile(theta, batch, orders, optimizer, lr, betas=(0.0, 0.999)):
 
 
 @pytest.mark.parametrize("tasks", [1, 3])  # 1: serial Algorithm 1; 3: batched Algorithm 2
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_sgd_outer_step_is_algorithm_2_and_loss_is_mean_query_loss(optimizer, tasks):
+@pytest.mark.parametrize(("optimizer", "adam_state"),
+                         [("sgd", "carry"), ("adam", "carry"), ("adam", "reset")])
+def test_sgd_outer_step_is_algorithm_2_and_loss_is_mean_query_loss(optimizer, adam_state,
+                                                                   tasks):
     torch.manual_seed(0)
     lr = 0.05 if optimizer == "sgd" else 0.01
     model = build("reptile", MLP((1,), (6, 5)), ways=1, inner_optimizer=optimizer,
-                  inner_lr=lr, inner_steps=4, inner_batch_size=3).to(DT)
+                  inner_lr=lr, inner_steps=4, inner_batch_size=3,
+                  inner_adam_state=adam_state).to(DT)
     batch = _regression_batch(tasks=tasks)
     model.begin_step(7, 10)  # the trainer's call: the shuffles depend on the step
     orders = model._orders(4, tasks)  # [tasks, 4 steps, 3 examples]: 3 passes over 4
     theta = [p.detach().clone() for p in model.parameters()]
-    phis, query_loss = _hand_reptile(theta, batch, orders, optimizer, lr)
+    phis, query_loss = _hand_reptile(theta, batch, orders, optimizer, lr,
+                                     carry=adam_state == "carry")
     eps = 0.7
     opt = torch.optim.SGD(model.parameters(), lr=eps)
     loss, metrics = model.meta_loss(batch)
@@ -95,11 +106,69 @@ def test_inner_adam_equals_torch_adam_step_by_step(betas):
         opt.zero_grad()
         F.cross_entropy(ref(sx[orders[t - 1]]), sy[orders[t - 1]]).backward()
         opt.step()
-        ours = model._adapted(sx, sy, orders[:t])
+        ours, _ = model._adapted(sx, sy, orders[:t], model._adam_state())
         for k, p in ref.named_parameters():
             torch.testing.assert_close(ours[k], p.detach(), msg=f"step {t} {k}")
     moved = max((ours[k] - p).abs().max() for k, p in params_of(model).items())
     assert moved > 1e-3
+
+
+def test_adam_state_carries_across_tasks_and_iterations_as_one_torch_adam():
+    """The reference code: one Adam optimiser for the whole run; the weights are reset to phi
+    before each task, its moments and step count are not. Evaluation starts from that state
+    and leaves it alone; the state survives a state_dict round trip."""
+    torch.manual_seed(0)
+    model = build("reptile", Conv4((1, 16, 16), hidden=4), ways=3, inner_lr=0.01,
+                  inner_steps=3, inner_batch_size=4, eval_inner_steps=2,
+                  eval_inner_batch_size=3).to(DT)
+    ref = copy.deepcopy(model)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, betas=(0.0, 0.999))
+    outer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(2):
+        batch = float64_noise_image_batch(tasks=2, ways=3, shots=2, queries=1, seed=step)
+        model.begin_step(step, 2)
+        orders = model._orders(6, 2)
+        phi = {k: p.detach().clone() for k, p in ref.named_parameters()}
+        adapted = []
+        for i in range(2):
+            with torch.no_grad():
+                for k, p in ref.named_parameters():
+                    p.copy_(phi[k])
+            for idx in orders[i]:
+                ref_opt.zero_grad()
+                sx, sy = batch.support_x[i][idx], batch.support_y[i][idx]
+                F.cross_entropy(ref(sx), sy).backward()
+                ref_opt.step()
+            adapted.append({k: p.detach().clone() for k, p in ref.named_parameters()})
+        with torch.no_grad():  # the same outer step on the reference
+            for k, p in ref.named_parameters():
+                mean_w = torch.stack([a[k] for a in adapted]).mean(0)
+                p.copy_(phi[k] + 0.5 * (mean_w - phi[k]))
+        outer.zero_grad()
+        model.meta_loss(batch)[0].backward()
+        outer.step()
+        model.end_step()  # the trainer's call: stores the new Adam state
+        for k, p in ref.named_parameters():
+            torch.testing.assert_close(dict(model.named_parameters())[k], p, msg=k)
+    assert int(model.adam_steps) == 12  # 2 iterations x 2 tasks x 3 steps
+    state = model._adam_state()
+    for k, p in ref.named_parameters():
+        torch.testing.assert_close(state.v[k], ref_opt.state[p]["exp_avg_sq"], msg=k)
+    # evaluation: from the carried state, which it leaves alone
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = float64_noise_image_batch(tasks=1, ways=3, shots=2, queries=2, seed=9)
+    query = model.adapt(batch.support_x[0], batch.support_y[0])(batch.query_x[0])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    fresh = build("reptile", Conv4((1, 16, 16), hidden=4), ways=3, inner_lr=0.01,
+                  eval_inner_steps=2, eval_inner_batch_size=3).to(DT).eval()
+    fresh.load_state_dict({k: v for k, v in before.items() if "adam" not in k}, strict=False)
+    other = fresh.adapt(batch.support_x[0], batch.support_y[0])(batch.query_x[0])
+    assert (query - other).abs().max() > 1e-6  # the carried state changes the adaptation
+    fresh.load_state_dict(before)
+    torch.testing.assert_close(fresh.adapt(batch.support_x[0], batch.support_y[0])(
+        batch.query_x[0]), query)
 
 
 def test_mini_batch_orders_are_shuffled_passes_fixed_by_seed():
@@ -148,6 +217,7 @@ def test_query_independence_only_without_transduction(bn_mode):
     ("inner_steps", 0), ("eval_inner_steps", 0), ("inner_batch_size", 0),
     ("eval_inner_batch_size", -1), ("inner_lr", 0.0), ("inner_lr", -0.1),
     ("inner_optimizer", "rmsprop"), ("adam_beta1", 1.0), ("bn_mode", "running"),
+    ("inner_adam_state", "keep"),
 ])
 def test_bad_config_raises(option, value):
     with pytest.raises(ConfigError, match=option):

@@ -97,12 +97,14 @@ def test_sgd_optimizer_steps_by_lr_times_gradient():
     assert torch.allclose(layer.weight, before - 0.5)
 
 
-def test_trainer_calls_begin_step_with_step_and_total(tmp_path, synthetic_data, monkeypatch):
+def test_trainer_calls_begin_step_and_end_step_around_each_step(tmp_path, synthetic_data,
+                                                                monkeypatch):
     from metazoo.algorithms.base import Algorithm
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int] | str] = []
     monkeypatch.setattr(Algorithm, "begin_step", lambda self, s, n: seen.append((s, n)))
+    monkeypatch.setattr(Algorithm, "end_step", lambda self: seen.append("end"))
     train(_cfg("train.meta_steps=3", "eval.every=0"), tmp_path / "run")
-    assert seen == [(0, 3), (1, 3), (2, 3)]
+    assert seen == [(0, 3), "end", (1, 3), "end", (2, 3), "end"]
 
 
 def test_time_limit_stops_early_and_still_tests(tmp_path, synthetic_data):

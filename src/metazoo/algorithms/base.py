@@ -157,6 +157,14 @@ class Algorithm(nn.Module):
         but not parameters, so a resumed run that replays it gets the same state.
         """
 
+    def end_step(self) -> None:
+        """Called by the trainer after the meta-update of each step, before any checkpoint.
+
+        For algorithms that carry state other than parameters from step to step (Reptile's
+        inner Adam moments): `meta_loss` computes the new state and this stores it, so calling
+        `meta_loss` twice gives the same result. The default does nothing.
+        """
+
     # --- what the base provides -----------------------------------------------------------
     def check_ways(self, ways: int) -> int:
         """`ways` itself; `ShapeError` when a fixed-size head cannot serve it."""

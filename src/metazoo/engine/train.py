@@ -134,6 +134,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
         opt.step()
+        alg.end_step()  # state the algorithm carries between steps (Reptile's inner Adam)
         sched.step()
         sums["loss"] += float(loss.detach())
         for k, v in metrics.items():
