@@ -40,13 +40,16 @@ def query_accuracy(alg: Algorithm, batch: TaskBatch) -> float:
 
 def meta_train(alg: Algorithm, episodes: EpisodeSampler, steps: int, lr: float,
                meta_batch_size: int = 4) -> None:
-    """`steps` Adam steps on `meta_loss` of consecutive meta-batches."""
+    """`steps` Adam steps on `meta_loss` of consecutive meta-batches, with the trainer's
+    `begin_step` and `end_step` calls around each."""
     opt = torch.optim.Adam(alg.parameters(), lr)
     for step in range(steps):
+        alg.begin_step(step, steps)
         loss, _ = alg.meta_loss(episodes.batch(step, meta_batch_size))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        alg.end_step()
 
 
 def accuracy_before_after(alg: Algorithm, episodes: EpisodeSampler, test: TaskBatch,

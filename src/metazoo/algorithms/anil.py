@@ -14,7 +14,8 @@ h^(steps)), differentiated w.r.t. both; second order through the head steps.
 Speed, the point of ANIL: the body does not change in the inner loop, so the support features are
 computed ONCE per task and the inner steps run the linear head on them only (their second-order
 graph is a few small matrix products); the query features once more, in the predictor.
-Hyper-parameters: MAML's, which the paper reuses (Sec. 4).
+Hyper-parameters: MAML's (Sec. 4 reuses MAML's architectures; the paper's settings are in its
+App. C.4).
 Deviations: batch norm and evaluation steps as in `metazoo.algorithms.maml`; MAML's "first_step"
 strategy (which adapts every parameter) is refused.
 Presets: anil-omniglot-5w1s, anil-omniglot-20w1s, anil-omniglot-20w5s.
@@ -39,9 +40,9 @@ from metazoo.types import Params
 
 @dataclass(frozen=True)
 class ANILConfig(MAMLConfig):
-    # MAML's fields and defaults (Sec. 4 uses MAML's hyper-parameters): inner_lr = alpha of the
-    # head's steps (0.4 for 5-way Omniglot), inner_steps (1), eval_inner_steps, first_order,
-    # bn_mode
+    # MAML's fields and defaults (Sec. 4 uses MAML's architectures, details in App. C.4):
+    # inner_lr = alpha of the head's steps (0.4 for 5-way Omniglot), inner_steps (1),
+    # eval_inner_steps, first_order, bn_mode
 
     def validate(self) -> None:
         if self.inner_lr <= 0:
