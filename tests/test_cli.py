@@ -53,6 +53,23 @@ def test_train_eval_plot_and_no_overwrite(capsys, tmp_path, synthetic_data):
     assert (run / "learning_curves.png").stat().st_size > 1000
 
 
+def test_eval_set_changes_test_time_options_into_its_own_file(capsys, tmp_path):
+    run = tmp_path / "rep"
+    assert main(["train", "--preset", "reptile-sinusoid", "--out", str(run), "--set",
+                 "train.meta_steps=3", "eval.episodes=4", "train.progress=false",
+                 "train.tensorboard=false"]) == 0
+    trained = (run / "results.json").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "4", "--set",
+                 "algorithm.eval_inner_steps=1"]) == 0
+    assert (run / "results.json").read_text() == trained  # the run's own result is kept
+    one = json.loads((run / "results.eval_inner_steps=1.json").read_text())
+    assert one["options"] == ["algorithm.eval_inner_steps=1"] and one["episodes"] == 4
+    assert one["mse"] != json.loads(trained)["mse"]  # one inner step, not 32: other numbers
+    _one_line_error(capsys, ["eval", str(run), "--set", "train.meta_steps=9"], "test-time")
+    _one_line_error(capsys, ["eval", str(run), "--set", "algorithm.bogus=1"], "bogus")
+
+
 def test_list_shows_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

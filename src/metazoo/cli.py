@@ -77,7 +77,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
 
     run = Path(args.run_dir)
-    cfg, alg = load_run(run, data_root=args.data_root)
+    cfg, alg = load_run(run, data_root=args.data_root, algorithm_options=args.set)
     device = resolve_device(cfg.train.device)
     alg.to(device)
     if args.oneshot_runs:
@@ -98,9 +98,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(result.line())
     from metazoo.engine.train import batch_norm_mode
 
-    write_json(run / RESULTS, {**result.to_json(), "algorithm": cfg.algorithm.name,
-                               "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg),
-                               "device": str(device)})
+    # results.json holds the run's own settings; other settings get their own file
+    name = RESULTS if not args.set else "results.{}.json".format(
+        ",".join(s.removeprefix("algorithm.") for s in args.set))
+    write_json(run / name, {**result.to_json(), "algorithm": cfg.algorithm.name,
+                            "options": args.set, "dataset": cfg.data.name,
+                            "batch_norm": batch_norm_mode(alg), "device": str(device)})
+    print(f"written: {run / name}")
     return 0
 
 
@@ -149,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--data-root")
+    ev.add_argument("--set", nargs="*", default=[], metavar="algorithm.KEY=VALUE",
+                    help="test-time algorithm options, e.g. algorithm.bn_mode=non_transductive "
+                         "(results go to results.<options>.json)")
     ev.add_argument("--oneshot-runs", metavar="DIR",
                     help="Lake et al.'s one-shot runs (runNN/ folders): error rate per run")
     ev.set_defaults(func=_cmd_eval)

@@ -14,7 +14,7 @@ import torch
 
 from metazoo import algorithms, models
 from metazoo.algorithms.base import Algorithm
-from metazoo.config import RunConfig, from_dict
+from metazoo.config import RunConfig, apply_overrides, from_dict
 from metazoo.data import get_spec, load_split, make_task_source
 from metazoo.data.cache import atomic_write_bytes
 from metazoo.engine import checkpoint
@@ -99,13 +99,24 @@ def read_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"'{path}' is damaged: {e}") from None
 
 
-def load_run(run_dir: Path, *, data_root: str | None = None) -> tuple[RunConfig, Algorithm]:
-    """Config and trained algorithm of a run folder (best weights, else the latest)."""
+def load_run(run_dir: Path, *, data_root: str | None = None,
+             algorithm_options: list[str] | None = None) -> tuple[RunConfig, Algorithm]:
+    """Config and trained algorithm of a run folder (best weights, else the latest).
+
+    `algorithm_options` (`algorithm.KEY=VALUE`) change how the trained weights are used, such
+    as Reptile's `bn_mode` or the number of test-time inner steps; nothing else may change.
+    """
     cfg = read_config(run_dir)
     if data_root is not None:
         from dataclasses import replace
 
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    if algorithm_options:
+        for item in algorithm_options:
+            if not item.startswith("algorithm.") or item.startswith("algorithm.name="):
+                raise ConfigError(f"eval --set changes test-time algorithm options only "
+                                  f"(algorithm.KEY=VALUE), got '{item}'")
+        cfg = from_dict(apply_overrides(cfg.to_dict(), algorithm_options))
     weights = run_dir / BEST if (run_dir / BEST).exists() else run_dir / CHECKPOINT
     tensors, meta = checkpoint.load(weights)
     shape = tuple(meta.get("input_shape") or input_shape(cfg))
