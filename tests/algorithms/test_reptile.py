@@ -190,6 +190,25 @@ def test_mini_batch_orders_are_shuffled_passes_fixed_by_seed():
     assert model.eval()._orders(10, 1).shape == (1, 7, 4)
 
 
+def test_per_query_batch_norm_uses_the_support_plus_that_query():
+    """The reference code's non-transductive evaluation: the adapted network run on the
+    support set and one query, read at the query's row."""
+    batch = _image_batch(queries=2)
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    torch.manual_seed(0)
+    model = build("reptile", Conv4((1, 16, 16), hidden=4), ways=3, bn_mode="per_query",
+                  eval_inner_steps=3).to(DT).eval()
+    logits = model.adapt(sx, sy)(qx)
+    adapted, _ = model._adapted(sx, sy, model._orders(len(sx), 1)[0], model._adam_state())
+    for i, q in enumerate(qx):
+        ref = torch.func.functional_call(model.train(), adapted, (torch.cat([sx, q[None]]),))
+        torch.testing.assert_close(logits[i], ref[-1])
+    support_only = build("reptile", Conv4((1, 16, 16), hidden=4), ways=3,
+                         bn_mode="non_transductive", eval_inner_steps=3).to(DT).eval()
+    support_only.load_state_dict(model.state_dict())
+    assert (support_only.adapt(sx, sy)(qx) - logits).abs().max() > 1e-4  # the query counts
+
+
 def _query_logits(bn_mode, query_x, support):
     torch.manual_seed(0)
     model = build("reptile", Conv4((1, 16, 16), hidden=4), ways=3, bn_mode=bn_mode,
@@ -197,7 +216,7 @@ def _query_logits(bn_mode, query_x, support):
     return model.adapt(*support)(query_x)
 
 
-@pytest.mark.parametrize("bn_mode", ["transductive", "non_transductive"])
+@pytest.mark.parametrize("bn_mode", ["transductive", "non_transductive", "per_query"])
 def test_query_independence_only_without_transduction(bn_mode):
     batch = _image_batch(queries=3)
     support = (batch.support_x[0], batch.support_y[0])
@@ -206,7 +225,7 @@ def test_query_independence_only_without_transduction(bn_mode):
     other[1:] = torch.randn_like(other[1:]) * 3 + 1  # change every query but the first
     a, b = _query_logits(bn_mode, qx, support)[0], _query_logits(bn_mode, other, support)[0]
     assert not a.requires_grad  # the predictor holds no graph
-    if bn_mode == "non_transductive":
+    if bn_mode != "transductive":
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, _query_logits(bn_mode, qx[:1], support)[0])
     else:

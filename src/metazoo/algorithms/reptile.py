@@ -25,8 +25,10 @@ matters: restarted at every task, Adam's first steps are sign(g) * inner_lr for 
 whatever the size of its gradient, and the weights diffuse (a 20-minute Omniglot run fell from
 96% to 86% training accuracy that way); `inner_adam_state: reset` keeps that variant.
 Deviations: Adam as PyTorch computes it (epsilon added to the bias-corrected sqrt(v), not to
-sqrt(v) as in TensorFlow). Non-transductive batch norm
-normalises a query with the support statistics (the reference adds that one query to them).
+sqrt(v) as in TensorFlow). Batch norm at test time: `bn_mode` "transductive" (the query
+batch's statistics) and "per_query" (the support plus that one query) are the reference code's
+two evaluations, Table 2's "Reptile + Transduction" and "Reptile" rows; "non_transductive"
+(the support's statistics alone) is the project's usual option.
 Presets: reptile-omniglot-5w1s, -5w5s, -20w1s, -20w5s, reptile-sinusoid.
 """
 
@@ -50,7 +52,7 @@ from metazoo.metrics import accuracy
 from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
-BNMode = Literal["transductive", "non_transductive"]
+BNMode = Literal["transductive", "non_transductive", "per_query"]
 ADAM_EPS = 1e-8  # TensorFlow's and PyTorch's default
 
 
@@ -66,7 +68,10 @@ class ReptileConfig(AlgorithmConfig):
     adam_beta2: float = 0.999  # Adam's default
     shuffle_seed: int = 0  # seeds the order of the inner mini-batches
     inner_adam_state: Literal["carry", "reset"] = "carry"  # carry: the reference code
-    bn_mode: BNMode = "transductive"  # batch statistics of each batch, as the reference code
+    # transductive: statistics of the query batch (the reference's "+ Transduction" rows);
+    # per_query: of the support plus that one query (the reference's other rows);
+    # non_transductive: of the support alone (as MAML's option here)
+    bn_mode: BNMode = "transductive"
 
     def validate(self) -> None:
         if self.inner_optimizer not in ("adam", "sgd"):
@@ -84,9 +89,9 @@ class ReptileConfig(AlgorithmConfig):
         if self.inner_adam_state not in ("carry", "reset"):
             raise ConfigError(f"reptile inner_adam_state must be 'carry' or 'reset', "
                               f"got '{self.inner_adam_state}'")
-        if self.bn_mode not in ("transductive", "non_transductive"):
-            raise ConfigError(f"reptile bn_mode must be 'transductive' or 'non_transductive', "
-                              f"got '{self.bn_mode}'")
+        if self.bn_mode not in ("transductive", "non_transductive", "per_query"):
+            raise ConfigError(f"reptile bn_mode must be 'transductive', 'non_transductive' or "
+                              f"'per_query', got '{self.bn_mode}'")
 
 
 def mini_batch_orders(n: int, steps: int, batch: int, tasks: int, seed: str) -> Tensor:
@@ -216,6 +221,9 @@ class Reptile(LinearHeadAlgorithm):
         if self.config.bn_mode == "transductive":
             return lambda query_x: call(self, params, query_x)
         n = support_x.shape[0]
+        if self.config.bn_mode == "per_query":  # one pass per query: support + that query
+            return lambda query_x: torch.stack([
+                call(self, params, torch.cat([support_x, q[None]]))[n] for q in query_x])
         return lambda query_x: call(self, params, torch.cat([support_x, query_x]),
                                     stats_rows=n)[n:]  # [N*Q, ways]
 
