@@ -49,13 +49,18 @@ def _unflatten(flat, like):
                                                 strict=True)]
 
 
-def test_meta_gradient_equals_explicit_implicit_solve():
+@pytest.mark.parametrize("reference", [False, True])
+def test_meta_gradient_equals_explicit_implicit_solve(reference):
     """With cg_steps >= #params, CG gives (I + H/lambda)^{-1} grad L_query(phi) exactly, where
-    phi is GD on Eq. 4 and H the explicit Hessian (torch.autograd.functional.hessian)."""
+    phi is GD on Eq. 4 and H the explicit Hessian (torch.autograd.functional.hessian). The
+    reference code's variant: GD on the support loss then one proximal step, and CG on
+    (1 + 1) I + H / (lambda + 10)."""
     torch.manual_seed(0)
     lam, lr, steps = 1.0, 0.05, 30
+    damping, lam_damping = (1.0, 10.0) if reference else (0.0, 0.0)
     model = build("imaml", MLP((1,), (4,)), ways=1, lam=lam, inner_lr=lr, inner_steps=steps,
-                  cg_steps=13).to(DT)
+                  cg_steps=13, cg_damping=damping, lam_damping=lam_damping,
+                  inner_prox="final_step" if reference else "every_step").to(DT)
     theta = [p.detach().clone() for p in model.parameters()]
     n = sum(p.numel() for p in theta)
     assert n == 13
@@ -68,13 +73,15 @@ def test_meta_gradient_equals_explicit_implicit_solve():
             phi = [t.detach().requires_grad_() for t in phi]
             loss = ((_mlp(phi, sx) - sy) ** 2).mean()
             prox = sum(((a - b) ** 2).sum() for a, b in zip(phi, theta, strict=True))
-            loss = loss + lam / 2 * prox
+            loss = loss + (0 if reference else lam / 2 * prox)
             phi = [a - lr * g for a, g in zip(phi, torch.autograd.grad(loss, phi), strict=True)]
+        if reference:
+            phi = [a - lr * lam * (a - b) for a, b in zip(phi, theta, strict=True)]
         flat_phi = torch.cat([t.detach().flatten() for t in phi])
         hess = torch.autograd.functional.hessian(
             lambda f, sx=sx, sy=sy: ((_mlp(_unflatten(f, theta), sx) - sy) ** 2).mean(),
             flat_phi)
-        matrix = torch.eye(n, dtype=DT) + hess / lam
+        matrix = (1 + damping) * torch.eye(n, dtype=DT) + hess / (lam + lam_damping)
         assert torch.linalg.eigvalsh(matrix).min() > 0.05  # SPD: the regime CG is meant for
         leaf = flat_phi.clone().requires_grad_()
         (v,) = torch.autograd.grad(((_mlp(_unflatten(leaf, theta), qx) - qy) ** 2).mean(), leaf)
@@ -241,7 +248,9 @@ def test_eval_settings_apply_only_in_eval_mode():
 @pytest.mark.parametrize("option,value", [("lam", 0.0), ("lam", -1.0), ("cg_steps", 0),
                                           ("inner_steps", 0), ("inner_lr", 0.0),
                                           ("inner_lr", -0.1), ("eval_lam", -0.5),
-                                          ("eval_inner_steps", 0), ("bn_mode", "running")])
+                                          ("eval_inner_steps", 0), ("bn_mode", "running"),
+                                          ("cg_damping", -1.0), ("lam_damping", -0.1),
+                                          ("inner_prox", "never")])
 def test_bad_config_values_raise(option, value):
     with pytest.raises(ConfigError, match=option):
         build("imaml", MLP((1,), (4,)), ways=1, **{option: value})

@@ -22,10 +22,11 @@ Deviations: batch norm uses batch statistics only, as in MAML here (`bn_mode`, s
 `metazoo.algorithms.maml`). The reference code (aravindr93/imaml_dev) differs from the paper's
 description: its inner loop runs plain SGD on the unregularised support loss and then takes one
 proximal step, and its CG matrix is (2 I + H / (lambda + 10)) ("cg_damping"); we follow the
-paper (GD on the regularised objective, CG on I + H / lambda). Lemma 1 assumes I + H / lambda
-positive definite; with a non-convex loss it need not be, and plain CG then returns arbitrary,
-often huge, directions (measured: no learning at all on glyphs), so our CG stops at the first
-direction of non-positive curvature (truncated CG, see `metazoo.solvers`).
+paper (GD on the regularised objective, CG on I + H / lambda) by default; `inner_prox:
+final_step`, `cg_damping: 1.0`, `lam_damping: 10.0` give the reference's. Lemma 1 assumes
+I + H / lambda positive definite; with a non-convex loss it need not be, and plain CG then
+returns arbitrary, often huge, directions (measured: no learning at all on glyphs), so our CG
+stops at the first direction of non-positive curvature (truncated CG, see `metazoo.solvers`).
 `eval_lam` sets the proximal strength at evaluation (the reference tests with lambda = 0).
 Presets: imaml-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 """
@@ -58,12 +59,24 @@ class IMAMLConfig(AlgorithmConfig):
     eval_inner_steps: int | None = None  # GD steps at evaluation; None = inner_steps
     eval_lam: float | None = None  # lambda at evaluation; None = lam (reference code: 0)
     cg_steps: int = 5  # CG iterations of Algorithm 2 (Table 2: 5)
+    # The reference code's variant (0, 0, "every_step" is the paper): CG on
+    # (1 + cg_damping) I + H / (lambda + lam_damping) (its cg_damping 1.0, lam_damping 10.0),
+    # and an inner loop of plain GD on the support loss followed by one proximal step
+    cg_damping: float = 0.0
+    lam_damping: float = 0.0
+    inner_prox: Literal["every_step", "final_step"] = "every_step"
     bn_mode: Literal["transductive", "non_transductive"] = "transductive"  # as MAML's
 
     def validate(self) -> None:
         for name in ("lam", "inner_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"imaml {name} must be > 0, got {getattr(self, name)}")
+        if self.cg_damping < 0 or self.lam_damping < 0:
+            raise ConfigError(f"imaml cg_damping and lam_damping must be >= 0, got "
+                              f"{self.cg_damping} and {self.lam_damping}")
+        if self.inner_prox not in ("every_step", "final_step"):
+            raise ConfigError(f"imaml inner_prox must be 'every_step' or 'final_step', "
+                              f"got '{self.inner_prox}'")
         if self.eval_lam is not None and self.eval_lam < 0:
             raise ConfigError(f"imaml eval_lam must be >= 0 (or null), got {self.eval_lam}")
         for name in ("inner_steps", "cg_steps", "eval_inner_steps"):
@@ -107,12 +120,19 @@ class IMAML(LinearHeadAlgorithm):
             lam = lam if cfg.eval_lam is None else cfg.eval_lam
         theta = {k: v.detach() for k, v in params_of(self).items()}
 
+        final = cfg.inner_prox == "final_step"
+
         def objective(p: Params) -> Tensor:
-            prox = sum(((p[k] - theta[k]) ** 2).sum() for k in p)
-            return _loss(call(self, p, support_x), support_y) + lam / 2 * prox
+            loss = _loss(call(self, p, support_x), support_y)
+            if final:
+                return loss
+            return loss + lam / 2 * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
 
         with cpu_layout(torch.channels_last):  # first order: the fast layout on CPU
-            return sgd_steps(objective, theta, steps=steps, lr=cfg.inner_lr, first_order=True)
+            phi = sgd_steps(objective, theta, steps=steps, lr=cfg.inner_lr, first_order=True)
+        if final:  # the reference's one GD step on lambda/2 ||phi - theta||^2
+            phi = {k: v - cfg.inner_lr * lam * (v - theta[k]) for k, v in phi.items()}
+        return phi
 
     def _predictor(self, params: Params, support_x: Tensor) -> Predictor:
         if self.config.bn_mode == "transductive":
@@ -128,24 +148,26 @@ class IMAML(LinearHeadAlgorithm):
 
     def implicit_matrix(self, phi: Params, support_x: Tensor, support_y: Tensor
                         ) -> Callable[[Params], Params]:
-        """`u -> (I + H / lambda) u`, H the Hessian of the support loss at `phi` (Lemma 1)."""
+        """`u -> (I + H / lambda) u`, H the Hessian of the support loss at `phi` (Lemma 1);
+        with the reference's damping `u -> (1 + cg_damping) u + H u / (lambda + lam_damping)`."""
         phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
         # batch norm's double backward is ~2x slower channels-last (see MAML): NCHW here
         with torch.enable_grad(), cpu_layout(torch.contiguous_format):
             g = _grad(_loss(call(self, phi, support_x), support_y), phi, create_graph=True)
         keep = [i for i, t in enumerate(g) if t.requires_grad]  # the others have H rows = 0
-        leaves, lam = list(phi.values()), self.config.lam
+        leaves, cfg = list(phi.values()), self.config
+        lam, identity = cfg.lam + cfg.lam_damping, 1.0 + cfg.cg_damping
 
         def matvec(u: Params) -> Params:
             if not keep:  # a loss linear in every parameter: H = 0
-                return u
+                return {k: identity * v for k, v in u.items()}
             us = list(u.values())
             # H u = d(g . u)/d phi: the vector-Jacobian product of g with u (H is symmetric);
             # the graph of g is kept for the next product
             hu = torch.autograd.grad([g[i] for i in keep], leaves, [us[i] for i in keep],
                                      retain_graph=True, allow_unused=True,
                                      materialize_grads=True)
-            return {k: v + h / lam for (k, v), h in zip(u.items(), hu, strict=True)}
+            return {k: identity * v + h / lam for (k, v), h in zip(u.items(), hu, strict=True)}
 
         return matvec
 
