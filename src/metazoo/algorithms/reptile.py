@@ -162,14 +162,15 @@ class Reptile(LinearHeadAlgorithm):
         self._next_adam_state: AdamState | None = None  # set by meta_loss, stored by end_step
 
     def _adam_state(self) -> AdamState:
-        """The carried state, or a fresh one with `inner_adam_state: reset` (copies either way)."""
+        """The carried state, or a fresh one with `inner_adam_state: reset`. The carried one
+        holds the buffers themselves: `adam_step` makes new tensors and never writes to them."""
         names = params_of(self)
         if self.config.inner_adam_state == "reset":
             zeros = {k: torch.zeros_like(p.detach()) for k, p in names.items()}
             return AdamState(zeros, dict(zeros), 0)
         buffers = dict(self.named_buffers())
-        return AdamState({k: buffers[_moment_name("m", k)].clone() for k in names},
-                         {k: buffers[_moment_name("v", k)].clone() for k in names},
+        return AdamState({k: buffers[_moment_name("m", k)] for k in names},
+                         {k: buffers[_moment_name("v", k)] for k in names},
                          int(buffers["adam_steps"]))
 
     @torch.no_grad()
