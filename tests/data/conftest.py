@@ -27,7 +27,7 @@ class FileServer:
     fail: dict[str, int] = field(default_factory=dict)  # path -> number of 500s before success
     ranges: bool = True  # honour Range requests (206) or ignore them (200, whole file)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
-    sent: list[int] = field(default_factory=list)  # body bytes sent per successful request
+    sent: list[int] = field(default_factory=list)  # body bytes answered per successful request
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -62,8 +62,10 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
-            self.wfile.write(body[start:])
+            # Recorded before the write: the client may finish reading (and the test assert)
+            # before this thread runs again, which made an append after the write racy.
             state.sent.append(len(body) - start)
+            self.wfile.write(body[start:])
 
     return Handler
 
