@@ -5,7 +5,8 @@
 `threads_by_default` (design note 10). This measures, per algorithm, one `meta_backward` of its
 Omniglot 5-way 1-shot preset (its meta-batch size, queries, inner steps, network) on synthetic
 1x28x28 inputs, with strategy "loop" and "threads" interleaved in one process, after a warm-up,
-and checks that both give the same gradients. MAML++ is measured at its first iteration (first
+and reports the relative difference of their float32 gradients (the contract tests check that
+they are equal in float64). MAML++ is measured at its first iteration (first
 order, under derivative-order annealing) and after the switch to second order ("maml_pp@so").
 Not measured: Meta-LSTM (its preset's meta-batch is one task, so no loop to split) and Reptile
 (its batched meta-loss runs its own loop).
@@ -14,6 +15,7 @@ Not measured: Meta-LSTM (its preset's meta-batch is one task, so no loop to spli
 
 Prints one JSON line per algorithm: median seconds per meta-iteration for each strategy and
 their ratio (loop / threads: above 1 means threads are faster), then a summary table.
+Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -71,17 +73,19 @@ def step(alg: Algorithm, batch: TaskBatch, strategy: str) -> tuple[float, list[t
 def measure(name: str, iters: int) -> dict[str, object]:
     alg, batch = setup(name)
     times: dict[str, list[float]] = {"loop": [], "threads": []}
-    grads = {s: step(alg, batch, s)[1] for s in times}  # warm-up, and the gradients compared
-    same = len(grads["loop"]) == len(grads["threads"]) and all(
-        torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-        for a, b in zip(grads["loop"], grads["threads"], strict=True))
+    grads = {s: torch.cat([g.reshape(-1) for g in step(alg, batch, s)[1]])
+             for s in times}  # warm-up, and the gradients compared
+    # float32 sums in another order: a relative difference, not equality (the contract tests
+    # check equality in float64)
+    difference = float((grads["threads"] - grads["loop"]).norm() / grads["loop"].norm())
     for i in range(iters):
         for s in (("loop", "threads") if i % 2 == 0 else ("threads", "loop")):
             times[s].append(step(alg, batch, s)[0])
     loop, threads = statistics.median(times["loop"]), statistics.median(times["threads"])
     return {"algorithm": name, "tasks": len(batch), "loop_s": round(loop, 4),
             "threads_s": round(threads, 4), "loop_over_threads": round(loop / threads, 3),
-            "same_gradients": same, "threads_by_default": type(alg).threads_by_default}
+            "gradient_rel_difference": float(f"{difference:.2g}"),
+            "threads_by_default": type(alg).threads_by_default}
 
 
 def main() -> None:
@@ -95,11 +99,12 @@ def main() -> None:
     for name in args.algorithms.split(","):
         rows.append(measure(name, args.iters))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| algorithm | loop s/it | threads s/it | loop / threads | same gradients | "
+    print("\n| algorithm | loop s/it | threads s/it | loop / threads | gradient rel. difference | "
           "threads by default |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['algorithm']} | {r['loop_s']} | {r['threads_s']} | "
-              f"{r['loop_over_threads']} | {r['same_gradients']} | {r['threads_by_default']} |")
+              f"{r['loop_over_threads']} | {r['gradient_rel_difference']} | "
+              f"{r['threads_by_default']} |")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class CAVIA(Algorithm):
     config: CAVIAConfig
     fixed_ways = True
     adapts_with_gradients = True
+    threads_by_default = True  # 1.07-1.18x the loop on 2 cores (benchmarks/task_threads.py)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)

@@ -22,10 +22,15 @@ Deviations: batch norm uses batch statistics only, as in MAML here (`bn_mode`, s
 `metazoo.algorithms.maml`). The reference code (aravindr93/imaml_dev) differs from the paper's
 description: its inner loop runs plain SGD on the unregularised support loss and then takes one
 proximal step, and its CG matrix is (2 I + H / (lambda + 10)) ("cg_damping"); we follow the
-paper (GD on the regularised objective, CG on I + H / lambda) by default; `inner_prox:
-final_step`, `cg_damping: 1.0`, `lam_damping: 10.0` give the reference's, and the Omniglot
-presets use them: in 20 minutes on 5-way 1-shot Omniglot the paper's variant fell to 48.8%
-while the reference's reached 90.1% (docs/results.md). Lemma 1 assumes
+paper (GD on the regularised objective, CG on I + H / lambda) by default and in the presets;
+`inner_prox: final_step`, `cg_damping: 1.0`, `lam_damping: 10.0`, `inner_lr: 0.1` give the
+reference's. The paper gives no inner step size, and it matters: GD on Eq. 4 is stable only for
+inner_lr * (h + lambda) < 2, h the support loss's largest Hessian eigenvalue at phi. On conv4
+Omniglot h was 27-67, so the reference's 0.1 (set for its own loop, which drives the loss to
+where h is ~1) makes GD on Eq. 4 oscillate: phi is not its minimiser, Lemma 1 does not describe
+it, and training fell to 48.8% in 20 minutes; at 0.025, our default, it reached 91.0%, level
+with the reference's procedure (`benchmarks/imaml_meta_gradient.py`, docs/results.md). Lemma 1
+assumes
 I + H / lambda positive definite; with a non-convex loss it need not be, and plain CG then
 returns arbitrary, often huge, directions (measured: no learning at all on glyphs), so our CG
 stops at the first direction of non-positive curvature (truncated CG, see `metazoo.solvers`).
@@ -56,7 +61,10 @@ from metazoo.types import Params, Predictor
 @dataclass(frozen=True)
 class IMAMLConfig(AlgorithmConfig):
     lam: float = 2.0  # lambda of Eq. 4, the proximal strength; 2.0 on Omniglot (Table 2)
-    inner_lr: float = 0.1  # GD step size on Eq. 4's objective (reference code's Omniglot run)
+    # GD step size on Eq. 4's objective; the paper gives none. every_step needs
+    # inner_lr * (h + lam) < 2 (see above): 0.025 is stable on conv4 Omniglot, where the
+    # reference code's 0.1 (for its final_step loop, where h falls to ~1) oscillates
+    inner_lr: float = 0.025
     inner_steps: int = 16  # GD steps while meta-training: 16 for 5-way, 25 for 20-way (Table 2)
     eval_inner_steps: int | None = None  # GD steps at evaluation; None = inner_steps
     eval_lam: float | None = None  # lambda at evaluation; None = lam (reference code: 0)
@@ -111,6 +119,7 @@ class IMAML(LinearHeadAlgorithm):
     fixed_ways = True
     adapts_with_gradients = True
     vmappable = False  # CG stops on a data-dependent residual; double backward per task
+    threads_by_default = True  # 1.30-1.74x the loop on 2 cores (benchmarks/task_threads.py)
 
     def inner_solve(self, support_x: Tensor, support_y: Tensor) -> Params:
         """phi_i of Eq. 4 by GD from theta; detached (no graph), with the eval settings in

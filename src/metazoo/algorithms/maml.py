@@ -87,7 +87,8 @@ class MAML(LinearHeadAlgorithm):
     config: MAMLConfig
     fixed_ways = True
     adapts_with_gradients = True
-    threads_by_default = True  # 1.08-1.60x the loop on 2 cores (docs/benchmarks.md)
+    threads_by_default = True  # 1.08-1.68x the loop on 2 cores; Meta-SGD, ANIL, MAML++ inherit it
+                               # (1.22-1.67x; docs/benchmarks.md, benchmarks/task_threads.py)
 
     def _steps(self) -> int:
         cfg = self.config
