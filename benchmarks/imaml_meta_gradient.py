@@ -16,7 +16,8 @@ iteration), and the fraction of tasks where GD at the inner learning rate is sta
 direction: lr * (h + lambda) < 2 with the proximal term in every step, lr * h < 2 without.
 
     python benchmarks/imaml_meta_gradient.py --data-root ../shared/data/omniglot \
-        [--run RUN_FOLDER] [--tasks 8] [--set algorithm.inner_prox=final_step ...]
+        [--preset imaml-omniglot-5w1s] [--run RUN_FOLDER] [--tasks 8]
+        [--set algorithm.inner_prox=final_step ...]
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--run", help="a run folder whose best (else latest) weights are theta")
     parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--preset", default="imaml-omniglot-5w1s")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides (KEY=VALUE)")
     args = parser.parse_args()
     overrides = [f"data.root={args.data_root}", *args.set]
-    cfg = load_config(preset="imaml-omniglot-5w1s", overrides=[
+    cfg = load_config(preset=args.preset, overrides=[
         "algorithm.inner_prox=every_step", "algorithm.cg_damping=0", "algorithm.lam_damping=0",
         *overrides])  # the paper's variant unless --set says otherwise
-    alg = build_algorithm(cfg, (1, 28, 28))
+    alg = build_algorithm(cfg, (1, 28, 28))  # Omniglot's shape
     if args.run:
         folder = Path(args.run)
         weights = folder / "best.safetensors"
@@ -121,7 +123,8 @@ def main() -> None:
                      "gd_stable": top + (alg.config.lam if alg.config.inner_prox == "every_step"
                                          else 0) < 2 / alg.config.inner_lr})
     mean = {k: round(sum(float(r[k]) for r in rows) / len(rows), 4) for k in rows[0]}
-    print(json.dumps({"run": args.run or "initialisation", "set": args.set, **mean}))
+    print(json.dumps({"preset": args.preset, "run": args.run or "initialisation",
+                      "set": args.set, **mean}))
 
 
 if __name__ == "__main__":
