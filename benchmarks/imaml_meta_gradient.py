@@ -36,6 +36,7 @@ from metazoo.config import load_config
 from metazoo.engine import checkpoint
 from metazoo.engine.run import build_algorithm, task_source
 from metazoo.functional import call, params_of
+from metazoo.inner_loop import sgd_steps
 from metazoo.solvers import conjugate_gradient
 
 
@@ -63,18 +64,19 @@ def top_eigenvalue(matvec, start: dict[str, torch.Tensor], lam: float, identity:
 
 
 def unrolled_gradient(alg, sx, sy, qx, qy) -> dict[str, torch.Tensor]:
-    """d L_query(phi(theta)) / d theta through every inner step (the finite procedure's own)."""
+    """d L_query(phi(theta)) / d theta through every inner step (the finite procedure's own):
+    the inner loop of `IMAML.inner_solve`, run second order from a live theta."""
     cfg = alg.config
     theta = {k: v.detach().clone().requires_grad_() for k, v in params_of(alg).items()}
-    phi = dict(theta)
-    for _ in range(cfg.inner_steps):
-        loss = F.cross_entropy(call(alg, phi, sx), sy)
-        if cfg.inner_prox == "every_step":
-            loss = loss + cfg.lam / 2 * sum(((phi[k] - theta[k]) ** 2).sum() for k in phi)
-        grads = torch.autograd.grad(loss, list(phi.values()), create_graph=True,
-                                    allow_unused=True, materialize_grads=True)
-        phi = {k: v - cfg.inner_lr * g for (k, v), g in zip(phi.items(), grads, strict=True)}
-    if cfg.inner_prox == "final_step":
+    every = cfg.inner_prox == "every_step"
+
+    def objective(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = F.cross_entropy(call(alg, p, sx), sy)
+        prox = sum(((p[k] - theta[k]) ** 2).sum() for k in p) if every else 0
+        return loss + cfg.lam / 2 * prox
+
+    phi = sgd_steps(objective, theta, steps=cfg.inner_steps, lr=cfg.inner_lr, first_order=False)
+    if not every:
         phi = {k: v - cfg.inner_lr * cfg.lam * (v - theta[k]) for k, v in phi.items()}
     query = F.cross_entropy(call(alg, phi, qx), qy)
     return dict(zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True))

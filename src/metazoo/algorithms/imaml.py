@@ -29,11 +29,11 @@ inner_lr * (h + lambda) < 2, h the support loss's largest Hessian eigenvalue at 
 Omniglot h was 27-67, so the reference's 0.1 (set for its own loop, which drives the loss to
 where h is ~1) makes GD on Eq. 4 oscillate: phi is not its minimiser, Lemma 1 does not describe
 it, and training fell to 48.8% in 20 minutes; at 0.025, our default, it reached 91.0%, level
-with the reference's procedure (`benchmarks/imaml_meta_gradient.py`, docs/results.md). Lemma 1
-assumes
-I + H / lambda positive definite; with a non-convex loss it need not be, and plain CG then
-returns arbitrary, often huge, directions (measured: no learning at all on glyphs), so our CG
-stops at the first direction of non-positive curvature (truncated CG, see `metazoo.solvers`).
+with the reference's procedure (`benchmarks/imaml_meta_gradient.py`, docs/results.md).
+Lemma 1 assumes I + H / lambda positive definite; with a non-convex loss it need not be, and
+plain CG then returns arbitrary, often huge, directions (measured: no learning at all on glyphs,
+at inner_lr 0.1), so our CG stops at the first direction of non-positive curvature (truncated
+CG, see `metazoo.solvers`).
 `eval_lam` sets the proximal strength at evaluation (the reference tests with lambda = 0).
 Presets: imaml-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 """
