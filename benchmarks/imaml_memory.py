@@ -46,6 +46,7 @@ def rss_mib(field: str) -> float:
 
 def measure(algorithm: str, steps: int, tasks: int, hidden: int, device: str) -> dict:
     """One meta-iteration of `algorithm` in this process; its time and memory."""
+    from metazoo import batching
     from metazoo.algorithms import build
     from metazoo.allocator import tune_allocator
     from metazoo.models.conv4 import Conv4
@@ -57,7 +58,6 @@ def measure(algorithm: str, steps: int, tasks: int, hidden: int, device: str) ->
     options = {"lam": 2.0, "cg_steps": 5} if algorithm == "imaml" else {"first_order": False}
     alg = build(algorithm, Conv4((1, 28, 28), hidden), ways=WAYS, inner_lr=INNER_LR,
                 inner_steps=steps, **options).to(device)
-    alg.strategy = "loop"  # task by task for both: the per-task peak, not the batch's
     g = torch.Generator().manual_seed(0)
     batch = TaskBatch(torch.rand(tasks, WAYS * SHOTS, 1, 28, 28, generator=g),
                       torch.arange(WAYS).repeat_interleave(SHOTS).repeat(tasks, 1),
@@ -72,7 +72,7 @@ def measure(algorithm: str, steps: int, tasks: int, hidden: int, device: str) ->
     before = rss_mib("VmRSS")
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    loss, _ = alg.meta_backward(batch)
+    loss, _ = batching.meta_backward(alg, batch, "loop")  # task by task: one task's peak
     opt.step()
     if cuda:
         torch.cuda.synchronize()

@@ -166,6 +166,7 @@ def build_torchopt(steps: int, first_order: bool) -> tuple[nn.Module, Callable[[
 
 def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
                   ) -> tuple[nn.Module, Callable[[Batch], None]]:
+    from metazoo import batching
     from metazoo.algorithms import build
     from metazoo.models.conv4 import Conv4
     from metazoo.tasks import TaskBatch
@@ -175,11 +176,11 @@ def build_metazoo(steps: int, first_order: bool, strategy: str = "auto"
     with torch.no_grad():  # the same initial weights as the peers (same parameter order)
         for mine, theirs in zip(algo.parameters(), peer_model().parameters(), strict=True):
             mine.copy_(theirs)
-    algo.strategy = strategy  # type: ignore[assignment]
 
     def meta_grad(b: Batch) -> None:
         queries = b[2].shape[1] // WAYS
-        algo.meta_backward(TaskBatch(b[0], b[1], b[2], b[3], WAYS, SHOTS, queries))
+        batching.meta_backward(algo, TaskBatch(b[0], b[1], b[2], b[3], WAYS, SHOTS, queries),
+                               strategy)  # type: ignore[arg-type]
 
     return algo, meta_grad
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does the "threads" task strategy beat the plain "loop" for each gradient-family algorithm?
 
-`Algorithm.auto_strategy` runs a CPU task loop in threads only for classes that set
-`threads_by_default` (design note 10). This measures, per algorithm, one `meta_backward` of its
+`metazoo.batching.choose` runs a CPU task loop in threads ("auto") only for the algorithms in
+`THREADS_MEASURED_FASTER` (design note 10). This measures, per algorithm, one `meta_backward` of its
 Omniglot 5-way 1-shot preset (its meta-batch size, queries, inner steps, network) on synthetic
 1x28x28 inputs, with strategy "loop" and "threads" interleaved in one process, after a warm-up,
 and reports the relative difference of their float32 gradients (the contract tests check that
@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from metazoo import batching
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import load_config
@@ -62,10 +63,9 @@ def setup(name: str) -> tuple[Algorithm, TaskBatch]:
 
 def step(alg: Algorithm, batch: TaskBatch, strategy: str) -> tuple[float, list[torch.Tensor]]:
     """Seconds for one `meta_backward` under `strategy`, and the gradients it left."""
-    alg.strategy = strategy  # type: ignore[assignment]
     alg.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    alg.meta_backward(batch)
+    batching.meta_backward(alg, batch, strategy)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     return seconds, [p.grad.clone() for p in alg.parameters() if p.grad is not None]
 
@@ -85,7 +85,7 @@ def measure(name: str, iters: int) -> dict[str, object]:
     return {"algorithm": name, "tasks": len(batch), "loop_s": round(loop, 4),
             "threads_s": round(threads, 4), "loop_over_threads": round(loop / threads, 3),
             "gradient_rel_difference": float(f"{difference:.2g}"),
-            "threads_by_default": type(alg).threads_by_default}
+            "threads_by_default": alg.spec.name in batching.THREADS_MEASURED_FASTER}
 
 
 def main() -> None:

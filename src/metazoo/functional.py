@@ -1,46 +1,44 @@
 """Functional helpers: parameters as dicts, calls with given parameters, and batch norm.
 
 Parameters travel as `dict[str, Tensor]` (`Params`) and a module runs with them through
-`call(module, params, x)` (`torch.func.functional_call`), so adaptation never writes to a module.
+`call(module, params, x, **options)`, so adaptation never writes to a module.
+
+Every option is an explicit argument: a backbone's `forward_with(params, x, *, stats_rows=None,
+memory_format=None, ...)` receives it from `call` and hands it to its layers. The options are
+* `stats_rows` (batch norm): `None` normalises with the statistics of the whole input
+  (transductive: support and query each with their own, as in MAML's code and learn2learn);
+  `n` normalises every row with the statistics of the first `n` rows, for an input
+  `[support; query]` (non-transductive: a query's output depends on the support and itself).
+* `memory_format` (conv backbones on CPU): the layout the convolutions run in; `None` is the
+  backbone's fastest default (channels-last). `SECOND_ORDER_LAYOUT` is for passes that will be
+  differentiated twice (see there).
+* extension points of a backbone (conv4 and the MLP: `modulation`, `norm`), for algorithms that
+  change a block without rewriting the forward (CAVIA's FiLM, MAML++'s per-step statistics).
 
 Batch norm. torch 2.13's training-mode `F.batch_norm` gives wrong second-order gradients under
 `torch.vmap` (see `tests/test_functional.py`); `batch_norm` here is written from sums and `rsqrt`,
-whose derivatives vmap handles exactly. It keeps no running statistics: every call
-normalises with statistics computed from rows of its own input, in one of two modes:
-
-* transductive (`stats_rows=None`, the default): the statistics of the whole batch at hand, so the
-  support set and the query set are each normalised with their own statistics, as in MAML's code
-  and learn2learn. A query's prediction then depends on the other queries of its batch.
-* non-transductive (`stats_rows=n`): the input is `[support; query]` concatenated and only its
-  first `n` rows (the support set) give the statistics, so a query's prediction depends on the
-  support set and on itself alone.
-
-`call(module, params, x, stats_rows=n)` selects the mode for every `BatchNorm` inside `module`. The
-row count reaches nested layers through a context variable that is set for the duration of that
-call only and reset after it (also on error): no module or global state survives the call, and
-backbones need no extra forward argument.
+whose derivatives vmap handles exactly. It keeps no running statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._C._functorch import maybe_current_level
 from torch.func import functional_call
 
+from metazoo.errors import ConfigError
+from metazoo.torch_compat import has_forward_hooks, in_functorch_transform
 from metazoo.types import Params
 
-T = TypeVar("T")
-_STATS_ROWS: ContextVar[int | None] = ContextVar("metazoo_bn_stats_rows", default=None)
-_CPU_LAYOUT: ContextVar[torch.memory_format] = ContextVar("metazoo_cpu_layout",
-                                                          default=torch.channels_last)
+SECOND_ORDER_LAYOUT = torch.contiguous_format
+"""The CPU layout of passes that are differentiated twice (second-order inner loops, Hessian-
+vector products): batch norm's double backward runs about 2x faster in NCHW than channels-last
+(`benchmarks/maml_vs_peers.py`), where every other pass is faster channels-last."""
+
 _TIED: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
 _FORWARD_WITH: dict[type, bool] = {}
 
@@ -59,64 +57,34 @@ def split_params(params: Params, prefix: str) -> tuple[Params, Params]:
     return inside, {k: v for k, v in params.items() if not k.startswith(prefix)}
 
 
-@contextmanager
-def _scoped(var: ContextVar[T], value: T) -> Iterator[None]:
-    """`var` is `value` within the block and its old value after it (also on error)."""
-    token = var.set(value)
-    try:
-        yield
-    finally:
-        var.reset(token)
+def strip_prefix(params: Params, prefix: str) -> Params:
+    """The entries of `params` under `prefix`, named without it (a submodule's parameters)."""
+    return {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
 
 
-def statistics_rows(rows: int | None) -> AbstractContextManager[None]:
-    """Within the block, every `batch_norm` takes its statistics from the first `rows` rows."""
-    return _scoped(_STATS_ROWS, rows)
-
-
-def cpu_layout(memory_format: torch.memory_format) -> AbstractContextManager[None]:
-    """Within the block, backbones that honour it (conv4) run CPU convolutions in this layout.
-
-    Channels-last is the default: max-pooling and batch norm run 3-15x faster in it on CPU. But
-    batch norm's double backward runs about 2x slower in it, so second-order inner loops take
-    their support passes in `torch.contiguous_format` (NCHW), as measured with
-    `benchmarks/maml_vs_peers.py`.
-    """
-    return _scoped(_CPU_LAYOUT, memory_format)
-
-
-def current_cpu_layout() -> torch.memory_format:
-    """The memory format of the innermost `cpu_layout` block (default channels-last)."""
-    return _CPU_LAYOUT.get()
-
-
-def call(module: nn.Module, params: Params, x: Tensor, *, stats_rows: int | None = None
-         ) -> Tensor:
+def call(module: nn.Module, params: Params, x: Tensor, **options: Any) -> Tensor:
     """`module(x)` with `params` in place of its parameters (missing names keep the module's).
 
-    A module whose class writes both `forward` and `forward_with(params, x)` (conv4, the MLP,
-    MAML) and that has no forward hooks computes with the given tensors itself; any other goes
-    through `torch.func.functional_call`, which swaps them into the module for the length of
-    the call.
+    A module whose class writes both `forward` and `forward_with(params, x, **options)` (conv4,
+    the MLP, the linear-head network of the gradient family) and that has no forward hooks
+    computes with the given tensors itself and receives `options`; any other goes through
+    `torch.func.functional_call`, which swaps the tensors into the module for the length of
+    the call, and accepts no options (or only `None` ones).
 
     Args:
         module: any module; it is not modified.
         params: name -> tensor, names as in `module.named_parameters()`.
         x: the input, `[M, *x]`.
-        stats_rows: `None` for transductive batch norm; `n` to normalise every row with the
-            statistics of the first `n` rows (non-transductive, `x = [support; query]`).
+        options: `stats_rows`, `memory_format` and backbone extension points (module docstring).
     """
-    with statistics_rows(stats_rows):
-        return apply_params(module, params, x)
-
-
-def apply_params(module: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """`call` without touching the batch-norm setting: for a module's `forward_with` to run
-    its submodules inside the `call` that runs it (a nested `call` would reset `stats_rows`)."""
-    if _has_forward_with(type(module)) and not (module._forward_hooks
-                                                 or module._forward_pre_hooks):
-        forward_with: Callable[[Params, Tensor], Tensor] = module.forward_with  # type: ignore[assignment]
-        return forward_with(params, x)  # computes with the given tensors: no swap
+    if _has_forward_with(type(module)) and not has_forward_hooks(module):
+        return module.forward_with(params, x, **options)  # type: ignore[operator]
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise ConfigError(f"{type(module).__name__} has no forward_with(params, x, *, "
+                          f"{', '.join(given)}) (or it has forward hooks), so it cannot take "
+                          f"{', '.join(given)}; give the backbone a forward_with as conv4 has, "
+                          "or use the transductive default")
     return functional_call(module, params, (x,), tie_weights=_has_tied_tensors(module))
 
 
@@ -156,8 +124,7 @@ def _statistics(x: Tensor, stats_rows: int | None) -> tuple[Tensor, Tensor]:
     Two passes (mean, then the mean square deviation) of plain sums: as exact as `var_mean`
     and several times faster on CPU, where `var_mean` over dims (0, 2, 3) is a slow Welford loop.
     """
-    rows = _STATS_ROWS.get() if stats_rows is None else stats_rows
-    ref = x if rows is None else x[:rows]
+    ref = x if stats_rows is None else x[:stats_rows]
     dims = [0, *range(2, x.dim())]
     n = ref.numel() // ref.shape[1]
     mean = ref.sum(dims, keepdim=True) / n
@@ -185,15 +152,15 @@ def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
         x: the input, `[M, C, ...]`.
         weight, bias: per-channel scale and shift `[C]`, or `None`.
         eps: added to the variance.
-        stats_rows: take the statistics from `x[:stats_rows]` only; `None` uses the
-            surrounding `call(..., stats_rows=)` setting (default: all rows).
+        stats_rows: take the statistics from `x[:stats_rows]` only; `None`: all rows.
     """
     scale, shift = _scale_shift(x, weight, bias, eps, stats_rows)
     return torch.addcmul(shift, x, scale)  # only [C]-sized ops touch the parameters
 
 
 def batch_norm_relu_pool(x: Tensor, weight: Tensor | None, bias: Tensor | None,
-                         eps: float = 1e-5, kernel: int = 2) -> Tensor:
+                         eps: float = 1e-5, kernel: int = 2, stats_rows: int | None = None
+                         ) -> Tensor:
     """`max_pool2d(relu(batch_norm(x)), kernel)` for `[M, C, H, W]`, pooling first.
 
     Batch norm is a per-channel affine map a*x + c (statistics taken before pooling, as usual),
@@ -207,10 +174,10 @@ def batch_norm_relu_pool(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     instead: its derivatives (second order included) are exact there, and it measured about 20%
     faster on CPU than the sums above (`benchmarks/protonet_vs_easyfsl.py`).
     """
-    if _STATS_ROWS.get() is None and maybe_current_level() is None:
+    if stats_rows is None and not in_functorch_transform():
         y = F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
         return torch.relu(F.max_pool2d(y, kernel))  # ReLU commutes with max-pooling
-    scale, shift = _scale_shift(x, weight, bias, eps, None)
+    scale, shift = _scale_shift(x, weight, bias, eps, stats_rows)
     sign = torch.where(scale >= 0, 1.0, -1.0).to(x.dtype)  # [1, C, 1, 1], no gradient
     pooled = F.max_pool2d(x * sign, kernel) * sign  # max or min per channel, [M, C, H/k, W/k]
     return torch.relu(torch.addcmul(shift, pooled, scale))
@@ -219,7 +186,7 @@ def batch_norm_relu_pool(x: Tensor, weight: Tensor | None, bias: Tensor | None,
 class BatchNorm(nn.Module):
     """Per-channel batch norm with batch statistics only (no running stats), exact under `vmap`.
 
-    Transductive by default; inside `call(..., stats_rows=n)` it is non-transductive (see the
+    Transductive by default; `call(bn, params, x, stats_rows=n)` is non-transductive (see the
     module docstring).
 
     Args:
@@ -235,4 +202,11 @@ class BatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return batch_norm(x, self.weight, self.bias, self.eps)
+        return self.forward_with({}, x)
+
+    def forward_with(self, params: Params, x: Tensor, *, stats_rows: int | None = None,
+                     memory_format: torch.memory_format | None = None) -> Tensor:
+        """`forward` with `params` ("weight", "bias") in place of its own, statistics from the
+        first `stats_rows` rows (`memory_format` is accepted for a uniform call and unused)."""
+        return batch_norm(x, params.get("weight", self.weight), params.get("bias", self.bias),
+                          self.eps, stats_rows)

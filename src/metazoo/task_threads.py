@@ -20,7 +20,6 @@ they differ from a one-thread loop only in the order of floating-point sums.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import itertools
 from collections.abc import Callable, Iterator
@@ -67,9 +66,8 @@ def map_chunks(fn: Callable[[M, range], R], module: M, tasks: int, workers: int)
 
     Worker 0 runs in the calling thread on `module` itself; the others on structural clones.
     Every worker computes with one intra-op thread; the caller's thread count is restored
-    afterwards. Each worker runs in a copy of the caller's context, so context variables such
-    as `metazoo.functional.cpu_layout` carry over, and with the caller's grad mode and inference
-    mode (thread-local in PyTorch). An exception in any worker is re-raised.
+    afterwards. Each worker runs with the caller's grad mode and inference mode (thread-local in
+    PyTorch). An exception in any worker is re-raised.
     """
     parts = chunks(tasks, workers)
     if len(parts) == 1:
@@ -77,7 +75,7 @@ def map_chunks(fn: Callable[[M, range], R], module: M, tasks: int, workers: int)
     clones = structural_clones(module, len(parts))
     modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
     with _intra_op_threads(1), ThreadPoolExecutor(len(parts) - 1) as pool:
-        futures = [pool.submit(contextvars.copy_context().run, _worker, fn, c, p, modes)
+        futures = [pool.submit(_worker, fn, c, p, modes)
                    for c, p in zip(clones[1:], parts[1:], strict=True)]
         first = fn(clones[0], parts[0])
         return [first] + [f.result() for f in futures]

@@ -45,11 +45,12 @@ def meta_train(alg: Algorithm, episodes: EpisodeSampler, steps: int, lr: float,
     opt = torch.optim.Adam(alg.parameters(), lr)
     for step in range(steps):
         alg.begin_step(step, steps)
-        loss, _ = alg.meta_loss(episodes.batch(step, meta_batch_size))
+        batch = episodes.batch(step, meta_batch_size)
+        loss, _ = alg.meta_loss(batch)
         opt.zero_grad()
         loss.backward()
+        alg.end_step(batch)
         opt.step()
-        alg.end_step()
 
 
 def accuracy_before_after(alg: Algorithm, episodes: EpisodeSampler, test: TaskBatch,

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import metazoo.algorithms as algorithms
-from metazoo import models
+from metazoo import batching, models
 from metazoo.algorithms.base import Algorithm
 from metazoo.config import apply_overrides, from_dict
 from metazoo.errors import ShapeError
@@ -72,11 +72,9 @@ def test_predict_shape(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if algorithms.get(n).cls.vmappable])
 def test_vmapped_batch_equals_task_loop(name):
     alg, batch = _build(name)
-    alg.strategy = "vmap"
-    loss_v, _ = alg.meta_loss(batch)
+    loss_v, _ = batching.meta_loss(alg, batch, "vmap")
     grads_v = torch.autograd.grad(loss_v, list(alg.parameters()))
-    alg.strategy = "loop"
-    loss_l, _ = alg.meta_loss(batch)
+    loss_l, _ = batching.meta_loss(alg, batch, "loop")
     grads_l = torch.autograd.grad(loss_l, list(alg.parameters()))
     torch.testing.assert_close(loss_v, loss_l, rtol=1e-4, atol=1e-5)
     # absolute tolerance relative to the largest gradient: a parameter whose true gradient is zero
@@ -90,12 +88,11 @@ def test_vmapped_batch_equals_task_loop(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_backward_equals_backward_of_meta_loss(name, strategy):
     alg, batch = _build(name)
-    alg.strategy = strategy
     torch.manual_seed(1)  # algorithms that draw random numbers in training see the same ones
-    loss, metrics = alg.meta_loss(batch)
+    loss, metrics = batching.meta_loss(alg, batch, strategy)
     expected = torch.autograd.grad(loss, list(alg.parameters()))
     torch.manual_seed(1)
-    loss_b, metrics_b = alg.meta_backward(batch)
+    loss_b, metrics_b = batching.meta_backward(alg, batch, strategy)
     assert not loss_b.requires_grad
     torch.testing.assert_close(loss_b, loss.detach(), rtol=1e-5, atol=1e-6)
     assert metrics_b.keys() == metrics.keys()
@@ -139,7 +136,7 @@ def test_config_round_trips_through_yaml_and_set(name):
 
 def test_registry_names_equal_file_stems_and_every_file_registers():
     folder = Path(algorithms.__file__).parent
-    stems = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    stems = {p.stem for p in folder.glob("*.py")} - {"__init__", *algorithms.SHARED_MODULES}
     for name in NAMES:
         spec = algorithms.get(name)
         stem = spec.cls.__module__.rsplit(".", 1)[1]
@@ -161,13 +158,12 @@ def test_meta_backward_and_predict_in_threads_equal_the_loop(name):
     try:
         results = {}
         for strategy in ("loop", "threads"):
-            alg.strategy = strategy
             alg.zero_grad(set_to_none=True)
             torch.manual_seed(1)
-            loss, metrics = alg.meta_backward(batch)
+            loss, metrics = batching.meta_backward(alg, batch, strategy)
             with torch.no_grad():
-                out = alg.predict(batch.support_x, batch.support_y, batch.query_x,
-                                  ways=batch.ways)
+                out = batching.predict(alg, batch.support_x, batch.support_y, batch.query_x,
+                                       batch.ways, strategy)
             results[strategy] = (loss, metrics, [p.grad for p in alg.parameters()], out)
     finally:
         torch.set_num_threads(before)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metazoo import batching
 from metazoo.algorithms import build, get
-from metazoo.algorithms.maml import STRATEGIES
+from metazoo.batching import STRATEGIES
 from metazoo.functional import params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
@@ -35,9 +36,9 @@ def _image_batch(tasks=3, ways=3, shots=1, queries=2, size=16, seed=0, dtype=DT)
                      ways, shots, queries)
 
 
-def _grads(model, batch):
+def _grads(model, batch, strategy="auto"):
     model.zero_grad(set_to_none=True)
-    model.meta_loss(batch)[0].backward()
+    batching.meta_loss(model, batch, strategy)[0].backward()
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
@@ -81,7 +82,7 @@ def test_fomaml_gradient_is_query_gradient_at_adapted_params():
     model = build("fomaml", MLP((1,), (6,)), ways=1, inner_lr=0.1, inner_steps=3).to(DT)
     batch = _regression_batch(tasks=1)
     ours = _grads(model, batch)
-    adapted = model._adapted(params_of(model), batch.support_x[0], batch.support_y[0], 3)
+    adapted = model.inner_loop(params_of(model), batch.support_x[0], batch.support_y[0], 3)
     adapted = {k: v.detach().requires_grad_() for k, v in adapted.items()}
     out = torch.func.functional_call(model, adapted, (batch.query_x[0],))
     ref = torch.autograd.grad(F.mse_loss(out, batch.query_y[0]), list(adapted.values()))
@@ -95,12 +96,10 @@ def test_every_strategy_equals_the_loop_on_conv4_with_batch_norm(first_order):
     model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, inner_steps=2,
                   first_order=first_order).to(DT)
     batch = _image_batch()
-    model.strategy = "loop"
-    ref = _grads(model, batch)
+    ref = _grads(model, batch, "loop")
     assert max(g.abs().max() for g in ref.values()) > 1e-3  # a check that can fail
     for strategy in STRATEGIES:
-        model.strategy = strategy
-        for k, g in _grads(model, batch).items():
+        for k, g in _grads(model, batch, strategy).items():
             torch.testing.assert_close(g, ref[k], rtol=1e-9, atol=1e-11, msg=f"{strategy} {k}")
 
 
@@ -114,11 +113,10 @@ def test_meta_backward_of_every_strategy_equals_the_loop(first_order):
         model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, inner_steps=2,
                       first_order=first_order).to(DT)
         batch = _image_batch()
-        ref = _grads(model, batch)
+        ref = _grads(model, batch, "loop")
         for strategy in STRATEGIES:
-            model.strategy = strategy
             model.zero_grad(set_to_none=True)
-            loss, _ = model.meta_backward(batch)
+            loss, _ = batching.meta_backward(model, batch, strategy)
             torch.testing.assert_close(loss, model.meta_loss(batch)[0].detach())
             for k, p in model.named_parameters():
                 torch.testing.assert_close(p.grad, ref[k], rtol=1e-9, atol=1e-11,
@@ -132,12 +130,10 @@ def test_threads_predict_equals_loop_and_keeps_no_graph_in_evaluation():
     model = build("maml", Conv4((1, 16, 16), hidden=4), ways=3, inner_steps=2).to(DT).eval()
     batch = _image_batch()
     args = (batch.support_x, batch.support_y, batch.query_x)
-    model.strategy = "loop"
     with torch.no_grad():
-        ref = model.predict(*args)
-    model.strategy = "threads"
+        ref = batching.predict(model, *args, strategy="loop")
     with torch.no_grad():
-        out = model.predict(*args)
+        out = batching.predict(model, *args, strategy="threads")
     assert not out.requires_grad
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
@@ -175,7 +171,7 @@ def test_eval_inner_steps_apply_only_in_eval_mode():
         model.train(mode)
         with torch.no_grad():
             got = model.adapt(sx, sy)(qx)
-        ref = torch.func.functional_call(model, model._adapted(p, sx, sy, steps), (qx,))
+        ref = torch.func.functional_call(model, model.inner_loop(p, sx, sy, steps), (qx,))
         torch.testing.assert_close(got, ref.detach())
 
 
@@ -207,7 +203,7 @@ def test_learns_sinusoid_regression():
 
     torch.manual_seed(0)
     model = build("maml", MLP((1,), (40, 40)), ways=1, inner_lr=0.01, eval_inner_steps=10)
-    assert model.resolved_strategy() == "vmap"  # auto: the fastest for an MLP
+    assert batching.choose(model) == "vmap"  # auto: the fastest for an MLP
     tasks = SinusoidTasks(shots=10, queries=10, seed=0, split="train")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for i in range(1500):  # about 15 s on one idle core

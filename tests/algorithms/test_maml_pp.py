@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metazoo import batching
 from metazoo.algorithms import build, get
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
@@ -215,7 +216,8 @@ def test_running_statistics_are_updated_by_training_passes_per_step():
     assert torch.equal(pp.running_mean, start[0])  # meta_loss leaves them alone
     grads = {k: p.grad.clone() for k, p in pp.named_parameters()}
     pp.zero_grad(set_to_none=True)
-    loss, _ = pp.meta_backward(batch)
+    loss, _ = batching.meta_backward(pp, batch)
+    pp.end_step(batch)  # the trainer's call after the meta-gradient
     torch.testing.assert_close(loss, expected.detach())
     for k, p in pp.named_parameters():  # the update does not touch the meta-gradient
         torch.testing.assert_close(p.grad, grads[k], msg=k)
@@ -233,7 +235,9 @@ def test_running_statistics_normalise_evaluation_step_by_step():
     pp = _running()
     batch = _image_batch(tasks=3, queries=3)
     for i in range(20):
-        pp.meta_backward(_image_batch(tasks=2, seed=i + 1))
+        train_batch = _image_batch(tasks=2, seed=i + 1)
+        batching.meta_backward(pp, train_batch)
+        pp.end_step(train_batch)
     sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
     pp.eval()
     with torch.no_grad():
@@ -278,7 +282,9 @@ def test_learns_glyphs_5way_1shot_with_every_fix_on():
     for step in range(steps):  # what the trainer does; second order from step 40
         opt.zero_grad()
         model.begin_step(step, steps)
-        model.meta_backward(train.batch(step, 4))
+        batch = train.batch(step, 4)
+        batching.meta_backward(model, batch)
+        model.end_step(batch)
         opt.step()
     after = query_accuracy(model, test)
     assert after > 0.6 and after > before + 0.1, (before, after)

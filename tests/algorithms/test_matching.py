@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metazoo import algorithms, models
+from metazoo import algorithms, batching, models
 from metazoo.algorithms.matching import context_query, context_support
 from metazoo.errors import ConfigError
 from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
@@ -115,10 +115,8 @@ def test_fce_vmapped_batch_equals_task_loop():
     alg = _fce(models.build("mlp", input_shape=(4,), hidden=(8,)))
     sx, sy = torch.randn(3, 4, 4), torch.tensor([0, 1, 0, 1]).repeat(3, 1)
     qx = torch.randn(3, 5, 4)
-    alg.strategy = "vmap"
-    out_v = alg.predict(sx, sy, qx)
-    alg.strategy = "loop"
-    torch.testing.assert_close(out_v, alg.predict(sx, sy, qx))
+    out_v = batching.predict(alg, sx, sy, qx, strategy="vmap")
+    torch.testing.assert_close(out_v, batching.predict(alg, sx, sy, qx, strategy="loop"))
 
 
 def test_no_fce_parameters_without_fce():

@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 import torch
 
+from metazoo import batching
 from metazoo.algorithms import build, get
 from metazoo.errors import ConfigError
 from metazoo.functional import params_of
@@ -81,7 +82,7 @@ def test_inner_loop_adapts_theta_but_not_alpha():
     torch.manual_seed(0)
     model = build("meta_sgd", MLP((1,), (6,)), ways=1).to(DT)
     batch = _regression_batch(tasks=1)
-    adapted = model._adapted(params_of(model), batch.support_x[0], batch.support_y[0], 1)
+    adapted = model.inner_loop(model.start_params(), batch.support_x[0], batch.support_y[0], 1)
     assert adapted.keys() == model.learning_rates().keys()  # no inner_lrs.* entries
     for k, v in adapted.items():
         assert not torch.equal(v, params_of(model)[k]), k
@@ -118,9 +119,15 @@ def test_bad_config_raises(options):
         get("meta_sgd").make_config(**options)
 
 
-def test_constant_init_and_first_step_refused():
+def test_constant_init_and_first_step_equals_the_loop():
     model = build("meta_sgd", MLP((1,), (6,)), ways=1, inner_lr_init=None, inner_lr=0.3)
     assert all(torch.all(a == 0.3) for a in model.learning_rates().values())
-    model.strategy = "first_step"
-    with pytest.raises(ConfigError, match="first_step"):
-        model.meta_loss(_regression_batch().to("cpu", torch.float32))
+    model, batch = model.double(), _regression_batch()
+    grads = []
+    for strategy in ("loop", "first_step"):  # the batched first step takes alpha, not a scalar
+        model.zero_grad(set_to_none=True)
+        batching.meta_loss(model, batch, strategy)[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert max(g.abs().max() for g in grads[0]) > 1e-6  # a check that can fail
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)

@@ -147,7 +147,7 @@ def test_adam_state_carries_across_tasks_and_iterations_as_one_torch_adam():
         outer.zero_grad()
         model.meta_loss(batch)[0].backward()
         outer.step()
-        model.end_step()  # the trainer's call: stores the new Adam state
+        model.end_step(batch)  # the trainer's call: stores the new Adam state
         for k, p in ref.named_parameters():
             torch.testing.assert_close(dict(model.named_parameters())[k], p, msg=k)
     assert int(model.adam_steps) == 12  # 2 iterations x 2 tasks x 3 steps

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from metazoo import algorithms, models
+from metazoo import algorithms, batching, models
 from metazoo.algorithms.siamese import SiameseConfig, random_affine
 from metazoo.errors import ConfigError
 from tests.algorithms.learning import accuracy_before_after, glyph_episodes, separable_episodes
@@ -152,6 +152,6 @@ def test_distorted_meta_loss_runs_with_vmap_strategy_by_looping():
 
     torch.manual_seed(0)
     alg = algorithms.build("siamese", models.build("conv4", hidden=8), ways=3, distort=True)
-    alg.strategy = "vmap"  # random ops cannot run under torch.vmap's default randomness
-    loss, metrics = alg.meta_loss(tiny_batch(3))
+    # random ops cannot run under torch.vmap's default randomness
+    loss, metrics = batching.meta_loss(alg, tiny_batch(3), "vmap")
     assert torch.isfinite(loss) and 0 <= metrics["acc"] <= 1

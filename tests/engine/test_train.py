@@ -102,7 +102,7 @@ def test_trainer_calls_begin_step_and_end_step_around_each_step(tmp_path, synthe
     from metazoo.algorithms.base import Algorithm
     seen: list[tuple[int, int] | str] = []
     monkeypatch.setattr(Algorithm, "begin_step", lambda self, s, n: seen.append((s, n)))
-    monkeypatch.setattr(Algorithm, "end_step", lambda self: seen.append("end"))
+    monkeypatch.setattr(Algorithm, "end_step", lambda self, batch: seen.append("end"))
     train(_cfg("train.meta_steps=3", "eval.every=0"), tmp_path / "run")
     assert seen == [(0, 3), "end", (1, 3), "end", (2, 3), "end"]
 

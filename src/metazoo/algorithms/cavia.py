@@ -11,14 +11,15 @@ theta is meta-learned in the outer loop only, on the query loss at the adapted c
     min_theta  sum_{T_i} L_{T_i}^{query}(f_{phi_i, theta})
 Second order by default: the meta-gradient flows through the context updates (their gradients
 depend on theta); `first_order=True` treats each inner gradient as a constant.
-How phi enters the network (Sec. 3 and the experiments of Sec. 5):
-* MLP (regression, Sec. 5.1): phi is concatenated to the input of the first layer. Here as an
-  extra bias-free linear map of phi added to the first layer's pre-activation:
+How phi enters the network (Sec. 3 and the experiments of Sec. 5), through the backbone's
+`modulation` extension point:
+* vector inputs (the MLP, regression, Sec. 5.1): phi is concatenated to the input of the first
+  layer. Here as a bias-free linear map of phi shifting the first layer's pre-activation:
   W [x; phi] + b = W_x x + W_phi phi + b, the same function with the same parameters.
-* conv4 (classification, Sec. 5.2): FiLM (Perez et al. 2018). A linear map of phi, part of
-  theta, gives per-channel (gamma, beta); a modulated block runs conv -> batch norm -> max-pool
-  -> gamma * h + beta -> ReLU, the order of the reference code, which modulates the third of the
-  four blocks only (`film_blocks`).
+* image inputs (conv4, classification, Sec. 5.2): FiLM (Perez et al. 2018). A linear map of
+  phi, part of theta, gives per-channel (gamma, beta); a modulated block runs conv -> batch
+  norm -> max-pool -> gamma * h + beta -> ReLU, the order of the reference code, which
+  modulates the third of the four blocks only (`film_blocks`).
 
 Deviations: the FiLM generator's bias starts at gamma = 1, beta = 0 (the reference code leaves
 torch's default, gamma ~ 0), so before any adaptation the network is exactly backbone + head; its
@@ -35,15 +36,18 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metazoo.adaptation import (
+    detached_unless_grad,
+    first_order_now,
+    inner_steps_now,
+    supervised_loss,
+)
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
 from metazoo.errors import ConfigError
-from metazoo.functional import batch_norm, batch_norm_relu_pool
+from metazoo.functional import call
 from metazoo.inner_loop import grads
-from metazoo.models.conv4 import Conv4
-from metazoo.models.mlp import MLP
 from metazoo.types import Predictor
 
 
@@ -70,11 +74,6 @@ class CAVIAConfig(AlgorithmConfig):
                               f">= 1 (1 = first block), got {list(self.film_blocks)}")
 
 
-def _loss(out: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy for labels `[M]`, MSE for targets `[M, d_out]`."""
-    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
-
-
 @register("cavia", display="CAVIA", family="gradient", config=CAVIAConfig,
           paper="Zintgraf, Shiarlis, Kurin, Hofmann, Whiteson. Fast Context Adaptation via "
                 "Meta-Learning. ICML 2019", tasks={"classification", "regression"})
@@ -84,35 +83,36 @@ class CAVIA(Algorithm):
     config: CAVIAConfig
     fixed_ways = True
     adapts_with_gradients = True
-    threads_by_default = True  # 1.07-1.18x the loop on 2 cores (benchmarks/task_threads.py)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
         self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
-        if isinstance(backbone, MLP):
-            first: nn.Linear = backbone.layers[0]  # type: ignore[assignment]
+        widths: tuple[int, ...] | None = getattr(backbone, "block_widths", None)
+        shape: tuple[int, ...] = getattr(backbone, "input_shape", ())
+        if widths is None:
+            raise ConfigError(f"cavia needs a backbone with a modulation extension point "
+                              f"(block_widths and forward_with(modulation=)), e.g. mlp or conv4; "
+                              f"got {type(backbone).__name__}")
+        self.context_at_input = len(shape) == 1
+        if self.context_at_input:
             # W_phi: the context columns of the first layer's weight on [x; phi]; drawn with the
             # bound torch gives that concatenated layer, 1/sqrt(fan_in + context_dim)
-            self.context_in = nn.Linear(cfg.context_dim, first.out_features, bias=False)
-            bound = 1 / math.sqrt(first.in_features + cfg.context_dim)
+            self.context_in = nn.Linear(cfg.context_dim, widths[0], bias=False)
+            bound = 1 / math.sqrt(math.prod(shape) + cfg.context_dim)
             nn.init.uniform_(self.context_in.weight, -bound, bound)
-        elif isinstance(backbone, Conv4):
-            blocks = len(backbone.features)
-            if max(cfg.film_blocks) > blocks:
-                raise ConfigError(f"cavia film_blocks {list(cfg.film_blocks)} name a block past "
-                                  f"the backbone's {blocks}; use numbers 1 to {blocks}")
-            self.film = nn.ModuleDict()
-            for b in sorted(set(cfg.film_blocks)):
-                channels = backbone.features[b - 1][0].out_channels  # type: ignore[index]
-                film = nn.Linear(cfg.context_dim, 2 * channels)  # -> [gamma; beta]
-                nn.init.kaiming_uniform_(film.weight, nonlinearity="linear")  # reference code
-                with torch.no_grad():  # gamma = 1, beta = 0 at phi = 0: identity at the start
-                    film.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
-                self.film[str(b)] = film
-        else:
-            raise ConfigError(f"cavia needs an mlp or conv4 backbone (context at the input or by "
-                              f"FiLM), got {type(backbone).__name__}")
+            return
+        if max(cfg.film_blocks) > len(widths):
+            raise ConfigError(f"cavia film_blocks {list(cfg.film_blocks)} name a block past the "
+                              f"backbone's {len(widths)}; use numbers 1 to {len(widths)}")
+        self.film = nn.ModuleDict()
+        for b in sorted(set(cfg.film_blocks)):
+            channels = widths[b - 1]
+            film = nn.Linear(cfg.context_dim, 2 * channels)  # -> [gamma; beta]
+            nn.init.kaiming_uniform_(film.weight, nonlinearity="linear")  # reference code
+            with torch.no_grad():  # gamma = 1, beta = 0 at phi = 0: identity at the start
+                film.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
+            self.film[str(b)] = film
 
     def forward(self, x: Tensor) -> Tensor:
         """The network before adaptation (phi = 0): `[M, *x]` -> `[M, ways]`."""
@@ -120,55 +120,34 @@ class CAVIA(Algorithm):
 
     def network(self, phi: Tensor, x: Tensor) -> Tensor:
         """f_{phi, theta}(x): the network with context `phi` (`[context_dim]`) on `[M, *x]`."""
-        if isinstance(self.backbone, MLP):
-            h = x.flatten(1)
-            for i in range(0, len(self.backbone.layers), 2):
-                h = self.backbone.layers[i](h)  # Linear
-                if i == 0:  # the context half of the first layer on [x; phi]
-                    h = h + self.context_in(phi)  # [width] broadcast over the rows
-                h = torch.relu(h)
-            return self.head(h)
-        conv4: Conv4 = self.backbone  # type: ignore[assignment]
-        h = x
-        for i, block in enumerate(conv4.features):  # as Conv4.forward_with, FiLM inserted
-            conv, bn = block[0], block[1]  # type: ignore[index]
-            h = conv(h)
-            pool, key = i < conv4.pools, str(i + 1)
-            if key not in self.film:  # the fused block of conv4 itself
-                h = (batch_norm_relu_pool(h, bn.weight, bn.bias, bn.eps) if pool
-                     else torch.relu(batch_norm(h, bn.weight, bn.bias, bn.eps)))
-                continue
-            h = batch_norm(h, bn.weight, bn.bias, bn.eps)
-            h = F.max_pool2d(h, 2) if pool else h
-            gamma, beta = self.film[key](phi).view(2, -1, 1, 1).unbind(0)  # [C, 1, 1] each
-            h = torch.relu(gamma * h + beta)  # FiLM after pooling, before ReLU (reference)
-        return self.head(h.flatten(1))
-
-    def _steps(self) -> int:
-        cfg = self.config
-        return cfg.inner_steps if self.training else (cfg.eval_inner_steps or cfg.inner_steps)
+        if self.context_at_input:  # a shift of the first layer's pre-activation
+            modulation = {0: (None, self.context_in(phi))}
+        else:  # FiLM after batch norm and pooling, before ReLU (reference code)
+            modulation = {int(b) - 1: tuple(film(phi).view(2, -1).unbind(0))
+                          for b, film in self.film.items()}
+        return self.head(call(self.backbone, {}, x, modulation=modulation))
 
     def adapted_context(self, support_x: Tensor, support_y: Tensor,
                         steps: int | None = None) -> Tensor:
         """phi after `steps` SGD steps of Eq. 3 from phi_0 = 0 on the support loss."""
-        # evaluation needs no meta-gradient: skip the second-order graph there
-        first_order = self.config.first_order or not (self.training and torch.is_grad_enabled())
-        phi = self.head.weight.new_zeros(self.config.context_dim)  # reset for every task
+        cfg = self.config
+        first_order = first_order_now(self, cfg.first_order)
+        phi = self.head.weight.new_zeros(cfg.context_dim)  # reset for every task
 
         def support_loss(p: dict[str, Tensor]) -> Tensor:
-            return _loss(self.network(p["phi"], support_x), support_y)
+            return supervised_loss(self.network(p["phi"], support_x), support_y)
 
-        for _ in range(self._steps() if steps is None else steps):
+        if steps is None:
+            steps = inner_steps_now(self, cfg.inner_steps, cfg.eval_inner_steps)
+        for _ in range(steps):
             g = grads(support_loss, {"phi": phi}, first_order)["phi"]
             # under vmap the gradient still carries theta's graph (theta is closed over, not an
             # input of torch.func.grad): cut it so first order means first order there too
-            phi = phi - self.config.inner_lr * (g.detach() if first_order else g)
+            phi = phi - cfg.inner_lr * (g.detach() if first_order else g)
         return phi
 
     def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
               ) -> Predictor:
         self.check_ways(ways or self.ways)
-        phi = self.adapted_context(support_x, support_y)
-        if not torch.is_grad_enabled():  # evaluation: keep no graph alive in the predictor
-            phi = phi.detach()
+        phi = detached_unless_grad({"phi": self.adapted_context(support_x, support_y)})["phi"]
         return lambda query_x: self.network(phi, query_x)

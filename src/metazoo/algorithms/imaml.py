@@ -18,23 +18,14 @@ backward. The outer update uses the mean of g_i over the meta-batch (Algorithm 1
 `meta_loss` returns a tensor whose value is the mean query loss and whose gradient with respect
 to theta is that mean of g_i (a surrogate: theta . g_i, g_i held constant).
 
-Deviations: batch norm uses batch statistics only, as in MAML here (`bn_mode`, see
-`metazoo.algorithms.maml`). The reference code (aravindr93/imaml_dev) differs from the paper's
-description: its inner loop runs plain SGD on the unregularised support loss and then takes one
-proximal step, and its CG matrix is (2 I + H / (lambda + 10)) ("cg_damping"); we follow the
-paper (GD on the regularised objective, CG on I + H / lambda) by default and in the presets;
-`inner_prox: final_step`, `cg_damping: 1.0`, `lam_damping: 10.0`, `inner_lr: 0.1` give the
-reference's. The paper gives no inner step size, and it matters: GD on Eq. 4 is stable only for
-inner_lr * (h + lambda) < 2, h the support loss's largest Hessian eigenvalue at phi. On conv4
-Omniglot h was 27-67, so the reference's 0.1 (set for its own loop, which drives the loss to
-where h is ~1) makes GD on Eq. 4 oscillate: phi is not its minimiser, Lemma 1 does not describe
-it, and training fell to 48.8% in 20 minutes; at 0.025, our default, it reached 91.0%, level
-with the reference's procedure (`benchmarks/imaml_meta_gradient.py`, docs/results.md).
-Lemma 1 assumes I + H / lambda positive definite; with a non-convex loss it need not be, and
-plain CG then returns arbitrary, often huge, directions (measured: no learning at all on glyphs,
-at inner_lr 0.1), so our CG stops at the first direction of non-positive curvature (truncated
-CG, see `metazoo.solvers`).
-`eval_lam` sets the proximal strength at evaluation (the reference tests with lambda = 0).
+Deviations: batch norm as in MAML (`bn_mode`). The reference code (aravindr93/imaml_dev) runs
+plain SGD on the unregularised support loss and then one proximal step, and CG on
+(2 I + H / (lambda + 10)); `inner_prox: final_step`, `cg_damping: 1.0`, `lam_damping: 10.0`,
+`inner_lr: 0.1` give it. The paper gives no inner step size; GD on Eq. 4 is stable only for
+inner_lr * (h + lambda) < 2, h the support Hessian's top eigenvalue, hence our 0.025 (design
+note and measurements: docs/results.md, "iMAML"). Lemma 1 assumes I + H / lambda positive
+definite; CG stops at the first direction of non-positive curvature (`metazoo.solvers`).
+`eval_lam` sets lambda at evaluation (the reference tests with lambda = 0).
 Presets: imaml-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 """
 
@@ -45,16 +36,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
+from metazoo.adaptation import (
+    BNMode,
+    inner_steps_now,
+    loss_and_metrics,
+    predictor,
+    support_loss,
+)
+from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.networks import LinearHeadAlgorithm
 from metazoo.errors import ConfigError
-from metazoo.functional import call, cpu_layout, params_of
+from metazoo.functional import params_of
 from metazoo.inner_loop import sgd_steps
-from metazoo.metrics import accuracy
 from metazoo.solvers import conjugate_gradient
-from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
 
@@ -75,7 +71,7 @@ class IMAMLConfig(AlgorithmConfig):
     cg_damping: float = 0.0
     lam_damping: float = 0.0
     inner_prox: Literal["every_step", "final_step"] = "every_step"
-    bn_mode: Literal["transductive", "non_transductive"] = "transductive"  # as MAML's
+    bn_mode: BNMode = "transductive"  # as MAML's
 
     def validate(self) -> None:
         for name in ("lam", "inner_lr"):
@@ -84,23 +80,12 @@ class IMAMLConfig(AlgorithmConfig):
         if self.cg_damping < 0 or self.lam_damping < 0:
             raise ConfigError(f"imaml cg_damping and lam_damping must be >= 0, got "
                               f"{self.cg_damping} and {self.lam_damping}")
-        if self.inner_prox not in ("every_step", "final_step"):
-            raise ConfigError(f"imaml inner_prox must be 'every_step' or 'final_step', "
-                              f"got '{self.inner_prox}'")
         if self.eval_lam is not None and self.eval_lam < 0:
             raise ConfigError(f"imaml eval_lam must be >= 0 (or null), got {self.eval_lam}")
         for name in ("inner_steps", "cg_steps", "eval_inner_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"imaml {name} must be >= 1, got {value}")
-        if self.bn_mode not in ("transductive", "non_transductive"):
-            raise ConfigError(f"imaml bn_mode must be 'transductive' or 'non_transductive', "
-                              f"got '{self.bn_mode}'")
-
-
-def _loss(out: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy for labels `[M]`, MSE for targets `[M, d_out]`."""
-    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
 
 
 def _grad(loss: Tensor, params: Params, create_graph: bool = False) -> list[Tensor]:
@@ -116,55 +101,44 @@ class IMAML(LinearHeadAlgorithm):
     """iMAML: meta-learn the centre of a proximal inner problem, with implicit meta-gradients."""
 
     config: IMAMLConfig
-    fixed_ways = True
-    adapts_with_gradients = True
     vmappable = False  # CG stops on a data-dependent residual; double backward per task
-    threads_by_default = True  # 1.30-1.74x the loop on 2 cores (benchmarks/task_threads.py)
 
     def inner_solve(self, support_x: Tensor, support_y: Tensor) -> Params:
         """phi_i of Eq. 4 by GD from theta; detached (no graph), with the eval settings in
         eval mode."""
         cfg = self.config
-        steps, lam = cfg.inner_steps, cfg.lam
-        if not self.training:
-            steps = cfg.eval_inner_steps or steps
-            lam = lam if cfg.eval_lam is None else cfg.eval_lam
+        steps = inner_steps_now(self, cfg.inner_steps, cfg.eval_inner_steps)
+        lam = cfg.lam if self.training or cfg.eval_lam is None else cfg.eval_lam
         theta = {k: v.detach() for k, v in params_of(self).items()}
 
         final = cfg.inner_prox == "final_step"
 
-        def objective(p: Params) -> Tensor:
-            loss = _loss(call(self, p, support_x), support_y)
-            if final:
-                return loss
-            return loss + lam / 2 * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
+        loss = support_loss(self, support_x, support_y, first_order=True)
 
-        with cpu_layout(torch.channels_last):  # first order: the fast layout on CPU
-            phi = sgd_steps(objective, theta, steps=steps, lr=cfg.inner_lr, first_order=True)
+        def objective(p: Params) -> Tensor:
+            if final:
+                return loss(p)
+            return loss(p) + lam / 2 * sum(((p[k] - theta[k]) ** 2).sum() for k in p)
+
+        phi = sgd_steps(objective, theta, steps=steps, lr=cfg.inner_lr, first_order=True)
         if final:  # the reference's one GD step on lambda/2 ||phi - theta||^2
             phi = {k: v - cfg.inner_lr * lam * (v - theta[k]) for k, v in phi.items()}
         return phi
 
-    def _predictor(self, params: Params, support_x: Tensor) -> Predictor:
-        if self.config.bn_mode == "transductive":
-            return lambda query_x: call(self, params, query_x)
-        n = support_x.shape[0]
-        return lambda query_x: call(self, params, torch.cat([support_x, query_x]),
-                                    stats_rows=n)[n:]  # [N*Q, ways]
-
     def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
               ) -> Predictor:
         self.check_ways(ways or self.ways)
-        return self._predictor(self.inner_solve(support_x, support_y), support_x)
+        return predictor(self, self.inner_solve(support_x, support_y), support_x,
+                         self.config.bn_mode)
 
     def implicit_matrix(self, phi: Params, support_x: Tensor, support_y: Tensor
                         ) -> Callable[[Params], Params]:
         """`u -> (I + H / lambda) u`, H the Hessian of the support loss at `phi` (Lemma 1);
         with the reference's damping `u -> (1 + cg_damping) u + H u / (lambda + lam_damping)`."""
         phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
-        # batch norm's double backward is ~2x slower channels-last (see MAML): NCHW here
-        with torch.enable_grad(), cpu_layout(torch.contiguous_format):
-            g = _grad(_loss(call(self, phi, support_x), support_y), phi, create_graph=True)
+        with torch.enable_grad():  # the support loss in the layout of second-order passes
+            loss = support_loss(self, support_x, support_y, first_order=False)(phi)
+            g = _grad(loss, phi, create_graph=True)
         keep = [i for i, t in enumerate(g) if t.requires_grad]  # the others have H rows = 0
         leaves, cfg = list(phi.values()), self.config
         lam, identity = cfg.lam + cfg.lam_damping, 1.0 + cfg.cg_damping
@@ -195,10 +169,8 @@ class IMAML(LinearHeadAlgorithm):
         meta_gradient = torch.is_grad_enabled()  # not in evaluation
         phi = {k: v.requires_grad_(meta_gradient)
                for k, v in self.inner_solve(support_x, support_y).items()}
-        out = self._predictor(phi, support_x)(query_x)
-        loss = _loss(out, query_y)
-        metrics = ({"mse": loss.detach()} if query_y.is_floating_point()
-                   else {"acc": accuracy(out.detach(), query_y)})
+        loss, metrics = loss_and_metrics(predictor(self, phi, support_x, self.config.bn_mode)(
+            query_x), query_y)
         if not meta_gradient:
             return loss, metrics
         v = dict(zip(phi, _grad(loss, phi), strict=True))  # Algorithm 2, step 2
@@ -206,7 +178,3 @@ class IMAML(LinearHeadAlgorithm):
         surrogate = sum((t * g[k]).sum() for k, t in params_of(self).items())
         assert isinstance(surrogate, Tensor)
         return loss.detach() + (surrogate - surrogate.detach()), metrics
-
-    def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Task by task, whatever the strategy: one task's tensors alive at a time."""
-        return self._backward_per_task(batch)

@@ -23,14 +23,11 @@ effect can be measured alone; with all of them off this is MAML exactly (tested)
    cosine` (set in the presets); nothing here.
 The schedules of MSL and DA read the meta-iteration that the trainer passes to `begin_step`.
 
-Batch norm. The reference code keeps per-step running statistics but normalises with batch
-statistics everywhere, evaluation included (`F.batch_norm(..., training=True)`): its BNRS changes
-no prediction. `eval_bn="batch"` (default) does the same (transductive, `bn_mode`); no running
-statistics are kept. `eval_bn="running"` makes BNRS measurable: `meta_backward` then updates
-running mean/variance buffers (momentum `bn_momentum`, from every training pass, like
-`F.batch_norm`), one set per step with BNRS and one shared set without, and evaluation
-normalises step i's passes with set i (conv4 only). `meta_loss` alone never updates them.
-
+Batch norm: the reference code normalises with batch statistics everywhere, evaluation
+included, so its BNRS changes no prediction; `eval_bn="batch"` (default) does the same.
+`eval_bn="running"` makes BNRS measurable: `end_step` updates running mean/variance (momentum
+`bn_momentum`, from every training pass), one set per step with BNRS and one shared set without,
+and evaluation normalises step i's passes with set i (backbones with a `norm` extension point).
 Deviations: the schedules move every meta-iteration, not once per 500-iteration epoch; conv4 is
 conv-BN-ReLU-pool (the reference: conv-leaky ReLU-BN-pool); evaluating with more steps than
 `inner_steps` reuses the last step's learning rates and batch-norm sets.
@@ -39,6 +36,7 @@ Presets: maml_pp-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -47,21 +45,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
-from metazoo.algorithms.maml import MAML, MAMLConfig, _loss, _query_loss
+from metazoo.adaptation import (
+    detached_unless_grad,
+    first_order_now,
+    inner_steps_now,
+    loss_and_metrics,
+    supervised_loss,
+)
+from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.networks import InnerLoopConfig, LinearHeadAlgorithm
 from metazoo.errors import ConfigError
-from metazoo.functional import BatchNorm, call, cpu_layout, params_of
+from metazoo.functional import SECOND_ORDER_LAYOUT, BatchNorm, call, params_of
 from metazoo.inner_loop import LearningRate, sgd_steps
-from metazoo.models.conv4 import Conv4
 from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
-Forward = Callable[[Params, Tensor, int, int | None], Tensor]  # (params, x, step, stats_rows)
+# (params, x, step, stats_rows, memory_format) -> logits
+Forward = Callable[[Params, Tensor, int, int | None, torch.memory_format | None], Tensor]
 MSL_FLOOR = 0.03  # the reference code's floor of a non-final MSL weight, times 1/S
 
 
 @dataclass(frozen=True)
-class MAMLPPConfig(MAMLConfig):
+class MAMLPPConfig(InnerLoopConfig):
     inner_lr: float = 0.1  # alpha, and LSLR's initial value (reference code, Omniglot)
     inner_steps: int = 5  # inner steps in training and evaluation (reference code, Omniglot)
     multi_step_loss: bool = True  # MSL (Sec. 4, Eq. 2)
@@ -79,8 +84,6 @@ class MAMLPPConfig(MAMLConfig):
         if self.msl_iterations < 1 or self.first_order_iterations < 0:
             raise ConfigError("maml_pp msl_iterations must be >= 1 and first_order_iterations "
                               f">= 0, got {self.msl_iterations} and {self.first_order_iterations}")
-        if self.eval_bn not in ("batch", "running"):
-            raise ConfigError(f"maml_pp eval_bn must be 'batch' or 'running', got '{self.eval_bn}'")
         if not 0 < self.bn_momentum <= 1:
             raise ConfigError(f"maml_pp bn_momentum must be in (0, 1], got {self.bn_momentum}")
 
@@ -95,7 +98,7 @@ def _bn_names(module: nn.Module, prefix: str) -> list[str]:
 @register("maml_pp", display="MAML++", family="gradient", config=MAMLPPConfig,
           paper="Antoniou, Edwards, Storkey. How to train your MAML. ICLR 2019",
           tasks={"classification", "regression"})
-class MAMLPlusPlus(MAML):
+class MAMLPlusPlus(LinearHeadAlgorithm):
     """MAML++: MAML with multi-step loss, annealed derivative order, per-step batch norm and
     per-layer per-step learned inner learning rates."""
 
@@ -119,11 +122,13 @@ class MAMLPlusPlus(MAML):
             k.replace(".", "_"): nn.Parameter(params[k].detach().expand(steps - 1, -1).clone())
             for k in bn if steps > 1})
         if cfg.eval_bn == "running":
-            if not isinstance(backbone, Conv4):
-                raise ConfigError("maml_pp eval_bn='running' needs the conv4 backbone, got "
-                                  f"{type(backbone).__name__}; use eval_bn='batch'")
-            shape = (steps if cfg.per_step_bn_stats else 1, len(backbone.features),
-                     backbone.features[0][0].out_channels)  # type: ignore[index]
+            forward_with = getattr(backbone, "forward_with", None)
+            if forward_with is None or "norm" not in inspect.signature(forward_with).parameters:
+                raise ConfigError("maml_pp eval_bn='running' needs a backbone whose forward_with "
+                                  f"takes norm= (conv4), got {type(backbone).__name__}; use "
+                                  "eval_bn='batch'")
+            widths: tuple[int, ...] = getattr(backbone, "block_widths", ())
+            shape = (steps if cfg.per_step_bn_stats else 1, len(widths), widths[0])
             self.register_buffer("running_mean", torch.zeros(shape))
             self.register_buffer("running_var", torch.ones(shape))
 
@@ -142,8 +147,8 @@ class MAMLPlusPlus(MAML):
 
     def _first_order(self) -> bool:
         cfg = self.config
-        if cfg.first_order or not (self.training and torch.is_grad_enabled()):
-            return True  # evaluation needs no meta-gradient
+        if first_order_now(self, cfg.first_order):
+            return True
         return cfg.derivative_order_annealing and self.meta_step < cfg.first_order_iterations
 
     def _step(self, params: Params, step: int) -> tuple[LearningRate, Params]:
@@ -162,48 +167,46 @@ class MAMLPlusPlus(MAML):
         theta = params_of(self)
         p = {k: theta[k] for k in self._inner_names}
         first_order = self._first_order()
-        # batch norm's double backward is ~2x slower channels-last: second order runs NCHW
-        layout = torch.channels_last if first_order else torch.contiguous_format
+        layout = None if first_order else SECOND_ORDER_LAYOUT
         out = []
-        for s in range(self._steps()):
+        for s in range(inner_steps_now(self, self.config.inner_steps,
+                                       self.config.eval_inner_steps)):
             lr, fixed = self._step(theta, s)
             # first order: the BN sets are constants of the inner gradient too (torch.func.grad
             # under vmap would otherwise differentiate through them)
             inner = {k: v.detach() for k, v in fixed.items()} if first_order else fixed
 
             def support_loss(q: Params, inner: Params = inner, s: int = s) -> Tensor:
-                return _loss(forward({**q, **inner}, support_x, s, None), support_y)
+                return supervised_loss(forward({**q, **inner}, support_x, s, None, layout),
+                                       support_y)
 
-            with cpu_layout(layout):
-                p = sgd_steps(support_loss, p, steps=1, lr=lr, first_order=first_order)
+            p = sgd_steps(support_loss, p, steps=1, lr=lr, first_order=first_order)
             out.append({**p, **fixed})
         return out
 
     def _query(self, forward: Forward, params: Params, support_x: Tensor, query_x: Tensor,
                step: int) -> Tensor:
         if self.config.bn_mode == "transductive":
-            return forward(params, query_x, step, None)
+            return forward(params, query_x, step, None, None)
         n = support_x.shape[0]  # non-transductive: the support rows give the statistics
-        return forward(params, torch.cat([support_x, query_x]), step, n)[n:]
+        return forward(params, torch.cat([support_x, query_x]), step, n, None)[n:]
 
-    def _batch_forward(self, params: Params, x: Tensor, step: int, rows: int | None) -> Tensor:
-        return call(self, params, x, stats_rows=rows)
+    def _batch_forward(self, params: Params, x: Tensor, step: int, rows: int | None,
+                       layout: torch.memory_format | None) -> Tensor:
+        return call(self, params, x, stats_rows=rows, memory_format=layout)
 
     def _running_forward(self, params: Params, x: Tensor, step: int, rows: int | None,
-                         update: bool = False) -> Tensor:
-        """conv4 + head normalised with running statistics set `step` (BNRS), or with batch
+                         layout: torch.memory_format | None, update: bool = False) -> Tensor:
+        """The network normalised with running statistics set `step` (BNRS), or with batch
         statistics that update that set (`update`, in place, as `F.batch_norm` does)."""
-        conv4: Conv4 = self.backbone  # type: ignore[assignment]
         k = min(step, self.running_mean.shape[0] - 1)
-        for i, block in enumerate(conv4.features):
-            conv, bn, p = block[0], block[1], f"backbone.features.{i}."  # type: ignore[index]
-            x = F.conv2d(x, params[p + "0.weight"], params[p + "0.bias"], conv.stride,
-                         conv.padding, conv.dilation, conv.groups)
-            x = torch.relu(F.batch_norm(x, self.running_mean[k, i], self.running_var[k, i],
-                                        params[p + "1.weight"], params[p + "1.bias"], update,
-                                        self.config.bn_momentum, bn.eps))
-            x = F.max_pool2d(x, 2) if i < conv4.pools else x
-        return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
+
+        def norm(i: int, h: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+                 ) -> Tensor:
+            return F.batch_norm(h, self.running_mean[k, i], self.running_var[k, i], weight, bias,
+                                update, self.config.bn_momentum, eps)
+
+        return call(self, params, x, memory_format=layout, norm=norm)
 
     def _outputs(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, forward: Forward
                  ) -> list[Tensor]:
@@ -217,9 +220,9 @@ class MAMLPlusPlus(MAML):
         """Eq. 2 for one task: the MSL-weighted query losses, or the final one."""
         self.check_ways(ways)
         outs = self._outputs(support_x, support_y, query_x, self._batch_forward)
-        loss, metrics = _query_loss(outs[-1], query_y)
+        loss, metrics = loss_and_metrics(outs[-1], query_y)
         if len(outs) > 1:  # Eq. 2
-            loss = torch.stack([w * _loss(o, query_y)
+            loss = torch.stack([w * supervised_loss(o, query_y)
                                 for w, o in zip(self.msl_weights(), outs, strict=True)]).sum()
         return loss, metrics
 
@@ -229,22 +232,15 @@ class MAMLPlusPlus(MAML):
         forward = self._batch_forward
         if self.config.eval_bn == "running" and not self.training:
             forward = self._running_forward
-        params = self._trajectory(support_x, support_y, forward)[-1]
-        if not torch.is_grad_enabled():  # evaluation: keep no graph alive in the predictor
-            params = {k: v.detach() for k, v in params.items()}
-        last = self._steps() - 1
+        trajectory = self._trajectory(support_x, support_y, forward)
+        params, last = detached_unless_grad(trajectory[-1]), len(trajectory) - 1
         return lambda query_x: self._query(forward, params, support_x, query_x, last)
 
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """The base class's mean of `task_loss` (MAML's "first_step" strategy runs as a loop)."""
-        return Algorithm.meta_loss(self, batch)
-
-    def meta_backward(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """MAML's, then (with `eval_bn="running"`, in training) the running-statistics update."""
-        out = super().meta_backward(batch)
+    def end_step(self, batch: TaskBatch) -> None:
+        """With `eval_bn="running"`, in training: update the running statistics from the
+        training passes of `batch`."""
         if self.training and self.config.eval_bn == "running":
             self.track_bn_statistics(batch)
-        return out
 
     @torch.no_grad()
     def track_bn_statistics(self, batch: TaskBatch) -> None:
@@ -255,8 +251,9 @@ class MAMLPlusPlus(MAML):
         updates of shared buffers would race or be impossible.
         """
 
-        def tracking(params: Params, x: Tensor, step: int, rows: int | None) -> Tensor:
-            return self._running_forward(params, x, step, rows, update=True)
+        def tracking(params: Params, x: Tensor, step: int, rows: int | None,
+                     layout: torch.memory_format | None) -> Tensor:
+            return self._running_forward(params, x, step, rows, layout, update=True)
 
         for i in range(len(batch)):
             self._outputs(batch.support_x[i], batch.support_y[i], batch.query_x[i], tracking)

@@ -42,11 +42,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._C._functorch import maybe_current_level
 
-from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
+from metazoo.adaptation import predictor, supervised_loss
+from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.networks import LinearHeadAlgorithm
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
+from metazoo.torch_compat import in_functorch_transform
 from metazoo.types import Params, Predictor
 
 QueryBN = Literal["support", "batch"]
@@ -70,12 +72,9 @@ class MetaLSTMConfig(AlgorithmConfig):
             raise ConfigError(f"meta_lstm preprocess_p must be > 0, got {self.preprocess_p}")
         for name in ("forget_bias_init", "input_bias_init"):
             low_high = getattr(self, name)
-            if len(low_high) != 2 or low_high[0] > low_high[1]:
+            if low_high[0] > low_high[1]:
                 raise ConfigError(f"meta_lstm {name} must be [low, high] with low <= high, "
                                   f"got {list(low_high)}")
-        if self.query_bn not in ("support", "batch"):
-            raise ConfigError(f"meta_lstm query_bn must be 'support' or 'batch', "
-                              f"got '{self.query_bn}'")
 
 
 def preprocess(x: Tensor, p: float) -> Tensor:
@@ -86,14 +85,10 @@ def preprocess(x: Tensor, p: float) -> Tensor:
     return torch.stack([log_part, sign_part], -1)
 
 
-def _loss(out: Tensor, y: Tensor) -> Tensor:
-    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
-
-
 def _grad_and_loss(loss_fn: Callable[[Params], Tensor], params: Params) -> tuple[Params, Tensor]:
     """Gradient and value of `loss_fn` at `params` detached (gradient independence)."""
     params = {k: v.detach() for k, v in params.items()}
-    if maybe_current_level() is not None:  # under vmap only torch.func sees the task's batch
+    if in_functorch_transform():  # under vmap only torch.func sees the task's batch
         g, loss = torch.func.grad_and_value(loss_fn)(params)
         return g, loss.detach()
     params = {k: v.requires_grad_() for k, v in params.items()}
@@ -110,8 +105,6 @@ class MetaLSTM(LinearHeadAlgorithm):
     """An LSTM that meta-learns the learner's initialisation (c_0) and its update rule."""
 
     config: MetaLSTMConfig
-    fixed_ways = True
-    adapts_with_gradients = True
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
@@ -164,7 +157,7 @@ class MetaLSTM(LinearHeadAlgorithm):
         state = (zeros, zeros, theta.new_zeros(n), theta.new_zeros(n))
         for _ in range(self.config.inner_steps if steps is None else steps):
             grads, loss = _grad_and_loss(
-                lambda q: _loss(call(self, q, support_x), support_y), unflatten(theta))
+                lambda q: supervised_loss(call(self, q, support_x), support_y), unflatten(theta))
             grad = torch.cat([grads[k].reshape(-1) for k in shapes])  # [N]
             theta, state = self._update(theta, grad, loss, state)
         return unflatten(theta)
@@ -173,8 +166,7 @@ class MetaLSTM(LinearHeadAlgorithm):
               ) -> Predictor:
         self.check_ways(ways or self.ways)
         params = self.adapted_params(support_x, support_y)
-        if self.training or self.config.query_bn == "batch":
-            return lambda query_x: call(self, params, query_x)
-        n = support_x.shape[0]  # meta-test: normalise the query with the support's statistics
-        return lambda query_x: call(self, params, torch.cat([support_x, query_x]),
-                                    stats_rows=n)[n:]  # [N*Q, ways]
+        # meta-test: the query normalised with the support's statistics (the paper)
+        support_stats = not self.training and self.config.query_bn == "support"
+        return predictor(self, params, support_x,
+                         "non_transductive" if support_stats else "transductive")

@@ -17,13 +17,10 @@ seeded with (`shuffle_seed`, meta-iteration) in training, so a resumed run repea
 with `shuffle_seed` alone in `adapt`.
 
 Adam's state (moments and step count) carries over from task to task in training, as in the
-reference code, whose one optimiser keeps its slots while the weights are reset to phi; each
-evaluation starts from that state and leaves it unchanged, so `adapt` is a pure function of
-(phi, state, support). The state is part of `state_dict`, so checkpoints resume it; the
-trainer stores a step's new state through `end_step`, after the meta-update. This
-matters: restarted at every task, Adam's first steps are sign(g) * inner_lr for every weight,
-whatever the size of its gradient, and the weights diffuse (a 20-minute Omniglot run fell from
-96% to 86% training accuracy that way); `inner_adam_state: reset` keeps that variant.
+reference code, whose one optimiser keeps its slots while the weights are reset to phi; `adapt`
+starts from that state and leaves it unchanged. The state is in `state_dict`; the trainer stores
+a step's new state through `end_step` (design note 13; restarting it diffuses the weights, see
+docs/results.md); `inner_adam_state: reset` keeps that variant.
 Deviations: Adam as PyTorch computes it (epsilon added to the bias-corrected sqrt(v), not to
 sqrt(v) as in TensorFlow). Batch norm at test time: `bn_mode` "transductive" (the query
 batch's statistics) and "per_query" (the support plus that one query) are the reference code's
@@ -41,14 +38,14 @@ from functools import partial
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import AlgorithmConfig, LinearHeadAlgorithm, register
+from metazoo.adaptation import metrics_of, predictor, supervised_loss
+from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.networks import LinearHeadAlgorithm
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
 from metazoo.inner_loop import grads
-from metazoo.metrics import accuracy
 from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
@@ -74,9 +71,6 @@ class ReptileConfig(AlgorithmConfig):
     bn_mode: BNMode = "transductive"
 
     def validate(self) -> None:
-        if self.inner_optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"reptile inner_optimizer must be 'adam' or 'sgd', "
-                              f"got '{self.inner_optimizer}'")
         if not self.inner_lr > 0:
             raise ConfigError(f"reptile inner_lr must be > 0, got {self.inner_lr}")
         for name in ("inner_steps", "inner_batch_size", "eval_inner_steps",
@@ -86,12 +80,6 @@ class ReptileConfig(AlgorithmConfig):
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ConfigError("reptile adam_beta1 and adam_beta2 must be in [0, 1), got "
                               f"{self.adam_beta1} and {self.adam_beta2}")
-        if self.inner_adam_state not in ("carry", "reset"):
-            raise ConfigError(f"reptile inner_adam_state must be 'carry' or 'reset', "
-                              f"got '{self.inner_adam_state}'")
-        if self.bn_mode not in ("transductive", "non_transductive", "per_query"):
-            raise ConfigError(f"reptile bn_mode must be 'transductive', 'non_transductive' or "
-                              f"'per_query', got '{self.bn_mode}'")
 
 
 def mini_batch_orders(n: int, steps: int, batch: int, tasks: int, seed: str) -> Tensor:
@@ -131,11 +119,6 @@ def adam_step(params: Params, g: Params, m: Params, v: Params, t: int, lr: float
     return new, m, v
 
 
-def _loss(out: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy for labels `[M]`, MSE for targets `[M, d_out]`."""
-    return F.mse_loss(out, y) if y.is_floating_point() else F.cross_entropy(out, y)
-
-
 @register("reptile", display="Reptile", family="gradient", config=ReptileConfig,
           paper="Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. "
                 "arXiv:1803.02999, 2018", tasks={"classification", "regression"})
@@ -143,8 +126,6 @@ class Reptile(LinearHeadAlgorithm):
     """Reptile: pull the initialisation toward each task's trained weights (Alg. 1 and 2)."""
 
     config: ReptileConfig
-    fixed_ways = True
-    adapts_with_gradients = True
     # Tasks run as a loop, in order: each starts from the Adam state the one before left. (Also,
     # a conv bias right before batch norm does not change the output, so its support gradient
     # is rounding noise that Adam scales up to steps of about inner_lr; vmap or threads, which
@@ -174,7 +155,7 @@ class Reptile(LinearHeadAlgorithm):
                          int(buffers["adam_steps"]))
 
     @torch.no_grad()
-    def end_step(self) -> None:
+    def end_step(self, batch: TaskBatch) -> None:
         """Store the Adam state the last training `meta_loss` left (see `Algorithm.end_step`)."""
         state, self._next_adam_state = self._next_adam_state, None
         if state is None:
@@ -216,17 +197,14 @@ class Reptile(LinearHeadAlgorithm):
         return params, AdamState(m, v2, t0 + steps)
 
     def _batch_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return _loss(call(self, params, x), y)
+        return supervised_loss(call(self, params, x), y)
 
     def _predictor(self, params: Params, support_x: Tensor) -> Predictor:
-        if self.config.bn_mode == "transductive":
-            return lambda query_x: call(self, params, query_x)
-        n = support_x.shape[0]
-        if self.config.bn_mode == "per_query":  # one pass per query: support + that query
-            return lambda query_x: torch.stack([
-                call(self, params, torch.cat([support_x, q[None]]))[n] for q in query_x])
-        return lambda query_x: call(self, params, torch.cat([support_x, query_x]),
-                                    stats_rows=n)[n:]  # [N*Q, ways]
+        if self.config.bn_mode != "per_query":
+            return predictor(self, params, support_x, self.config.bn_mode)
+        n = support_x.shape[0]  # one pass per query: support + that query
+        return lambda query_x: torch.stack([
+            call(self, params, torch.cat([support_x, q[None]]))[n] for q in query_x])
 
     def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
               ) -> Predictor:
@@ -241,9 +219,8 @@ class Reptile(LinearHeadAlgorithm):
         w, state = self._adapted(sx, sy, order, state)
         with torch.no_grad():  # the value is logged only: no graph
             out = self._predictor(w, sx)(qx)
-            loss = _loss(out, qy)
-        metric = {"mse": loss} if qy.is_floating_point() else {"acc": accuracy(out, qy)}
-        return w, loss, metric, state
+            loss = supervised_loss(out, qy)
+        return w, loss, metrics_of(loss, out, qy), state
 
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean query loss after adaptation, with gradient phi - mean_i(W_i) (Alg. 2)."""

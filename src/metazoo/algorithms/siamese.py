@@ -148,8 +148,6 @@ class SiameseNet(Algorithm):
         loss = balanced_bce(pairs, query_y[:, None] == support_y[None, :])  # [M, N*K] targets
         return loss, {"acc": accuracy(scores.detach(), query_y)}
 
-    def _use_vmap(self, batch_size: int) -> bool:
-        # Random distortions under vmap would need randomness="different"; loop over tasks.
-        if self.training and self.config.distort:
-            return False
-        return super()._use_vmap(batch_size)
+    def can_vmap(self) -> bool:
+        """Not while distorting: random draws under vmap would need randomness="different"."""
+        return not (self.training and self.config.distort)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from metazoo import batching
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
@@ -130,11 +131,11 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
         batch = train_src.batch(step, t.meta_batch_size).to(device)
         opt.zero_grad(set_to_none=True)
         alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
-        loss, metrics = alg.meta_backward(batch)  # task by task where tasks run as a loop
+        loss, metrics = batching.meta_backward(alg, batch)  # the strategy measured fastest
+        alg.end_step(batch)  # state carried between steps (Reptile's Adam, MAML++'s statistics)
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
         opt.step()
-        alg.end_step()  # state the algorithm carries between steps (Reptile's inner Adam)
         sched.step()
         sums["loss"] += float(loss.detach())
         for k, v in metrics.items():

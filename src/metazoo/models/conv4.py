@@ -7,28 +7,45 @@ relation module sees 7x7 maps); `feature_shape` is the `(C, H, W)` of the maps b
 No head: the algorithms add the layer they need. Batch norm is `metazoo.functional.BatchNorm` (batch
 statistics only, exact under `vmap`, transductive or not: see `metazoo.functional`).
 
-Speed (measured on a 2-core CPU, torch 2.13): `forward` runs batch norm, ReLU and max-pool as one
-`batch_norm_relu_pool` (pool first, then the affine map and ReLU on a 4x smaller tensor), and on
-CPU outside `torch.vmap` it computes in the layout of `metazoo.functional.cpu_layout`,
-channels-last by default, where max-pooling is about 15x and batch norm 3x faster than in NCHW.
-A 1-channel input (Omniglot) is NCHW and channels-last at once, and the first conv then returns
-NCHW maps, which left the whole network in NCHW until 2026-11-29; it now gets channels-last
-strides first, so the conv returns channels-last maps without a copy (ProtoNet training episodes
-1.4x and then 1.15x faster). Both give the same function and gradients as the plain
-block sequence.
+Extension points (keyword arguments of `forward_with`, passed by `metazoo.functional.call`), so
+that no algorithm rewrites this loop: `stats_rows` (non-transductive batch norm), `memory_format`
+(CPU layout), `modulation` (a per-channel scale and shift of block i's maps after batch norm and
+pooling, before the ReLU: CAVIA's FiLM) and `norm` (a function that replaces block i's batch
+norm: MAML++'s running statistics).
+
+Speed (2-core CPU, torch 2.13): batch norm, ReLU and max-pool run fused as
+`batch_norm_relu_pool` (pool first, then the affine map on a 4x smaller tensor), and on CPU
+outside `torch.vmap` the convolutions run channels-last unless told otherwise (max-pooling ~15x
+and batch norm 3x faster than NCHW). A 1-channel input gets channels-last strides first, or the
+first conv would return NCHW maps and the whole net would run NCHW (docs/design-notes.md, 4).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._C._functorch import maybe_current_level
 
-from metazoo.functional import BatchNorm, batch_norm, batch_norm_relu_pool, current_cpu_layout
+from metazoo.functional import BatchNorm, batch_norm, batch_norm_relu_pool
+from metazoo.torch_compat import in_functorch_transform
 from metazoo.types import Params
+
+Modulation = tuple[Tensor | None, Tensor | None]
+"""A per-channel (scale, shift), each `[C]` or `None` (1 and 0): FiLM's gamma and beta."""
+Norm = Callable[[int, Tensor, Tensor | None, Tensor | None, float], Tensor]
+"""`(block, x, weight, bias, eps) -> normalised x`: a replacement for a block's batch norm."""
+
+
+def modulate(x: Tensor, modulation: Modulation) -> Tensor:
+    """`scale * x + shift` per channel of `x` (`[M, C, ...]`)."""
+    scale, shift = modulation
+    shape = [-1] + [1] * (x.dim() - 2)
+    if scale is not None:
+        x = x * scale.view(shape)
+    return x if shift is None else x + shift.view(shape)
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -61,11 +78,15 @@ class Conv4(nn.Module):
             maps = self.features(torch.zeros(2, *input_shape))
         self.feature_shape: tuple[int, int, int] = tuple(maps.shape[1:])  # type: ignore[assignment]
         self.feature_dim = int(maps[0].numel())
+        self.block_widths: tuple[int, ...] = (hidden,) * blocks  # channels a modulation scales
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with({}, x)
 
-    def forward_with(self, params: Params, x: Tensor) -> Tensor:
+    def forward_with(self, params: Params, x: Tensor, *, stats_rows: int | None = None,
+                     memory_format: torch.memory_format | None = None,
+                     modulation: Mapping[int, Modulation] | None = None,
+                     norm: Norm | None = None) -> Tensor:
         """`forward` with `params[name]` in place of each parameter it names (others: own).
 
         What `metazoo.functional.call` runs: the same function as `functional_call`, without
@@ -73,10 +94,17 @@ class Conv4(nn.Module):
         a 5-image task and holds the GIL that task threads share (MAML 1.05x). Hooks on the
         conv submodules run in the plain `forward` only (those on the batch-norm, ReLU and
         pooling modules never did: the blocks are fused).
+
+        Args:
+            params, x: parameters by name (may be empty) and the input `[M, C, H, W]`.
+            stats_rows: batch-norm statistics from the first `stats_rows` rows only.
+            memory_format: CPU layout of the convolutions (default channels-last).
+            modulation: block index (0-based) -> (scale, shift) after norm and pool.
+            norm: replaces every block's batch norm (then no fused kernel is used).
         """
         layout = None  # vmap forbids choosing a layout
-        if x.device.type == "cpu" and maybe_current_level() is None:
-            layout = current_cpu_layout()
+        if x.device.type == "cpu" and not in_functorch_transform():
+            layout = memory_format or torch.channels_last
         if layout == torch.channels_last and x.shape[1] == 1:
             # [M, 1, H, W] in NCHW passes for channels-last too, and the conv then returns NCHW
             # maps; with channels-last strides (a view) it returns channels-last maps directly
@@ -94,8 +122,15 @@ class Conv4(nn.Module):
                              params.get(p + "0.bias", conv.bias), conv.stride, conv.padding,
                              conv.dilation, conv.groups)
             weight, bias = params.get(p + "1.weight", bn.weight), params.get(p + "1.bias", bn.bias)
-            if i < self.pools:
-                x = batch_norm_relu_pool(x, weight, bias, bn.eps)
+            pool, film = i < self.pools, (modulation or {}).get(i)
+            if norm is None and film is None:  # the fused block
+                x = (batch_norm_relu_pool(x, weight, bias, bn.eps, stats_rows=stats_rows) if pool
+                     else torch.relu(batch_norm(x, weight, bias, bn.eps, stats_rows)))
+                continue
+            if norm is None:
+                x = batch_norm(x, weight, bias, bn.eps, stats_rows)
             else:
-                x = torch.relu(batch_norm(x, weight, bias, bn.eps))
+                x = norm(i, x, weight, bias, bn.eps)
+            x = F.max_pool2d(x, 2) if pool else x
+            x = torch.relu(x if film is None else modulate(x, film))
         return x.flatten(1)  # [M, hidden * h' * w']
