@@ -155,3 +155,23 @@ def test_distorted_meta_loss_runs_with_vmap_strategy_by_looping():
     # random ops cannot run under torch.vmap's default randomness
     loss, metrics = batching.meta_loss(alg, tiny_batch(3), "vmap")
     assert torch.isfinite(loss) and 0 <= metrics["acc"] <= 1
+
+
+def test_distortions_are_a_function_of_seed_step_and_episode_not_the_global_generator():
+    from tests.conftest import tiny_batch
+
+    torch.manual_seed(0)
+    alg = algorithms.build("siamese", models.build("conv4", hidden=8), ways=3, distort=True)
+    batch = tiny_batch(3)
+    alg.begin_step(4, 10)
+    torch.manual_seed(1)
+    first = alg.meta_loss(batch)[0]
+    torch.manual_seed(2)  # another global state: the same distortions
+    torch.testing.assert_close(alg.meta_loss(batch)[0], first, rtol=0, atol=0)
+    alg.begin_step(5, 10)  # another meta-iteration: other distortions
+    assert alg.meta_loss(batch)[0] != first
+    alg.eval()  # adapt never distorts: evaluation equals the undistorted network
+    plain = algorithms.build("siamese", models.build("conv4", hidden=8), ways=3)
+    plain.load_state_dict(alg.state_dict())
+    plain.eval()
+    torch.testing.assert_close(alg.meta_loss(batch)[0], plain.meta_loss(batch)[0])

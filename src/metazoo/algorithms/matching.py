@@ -48,8 +48,6 @@ class MatchingConfig(AlgorithmConfig):
     fce_steps: int = 5  # K attention-LSTM steps of f (App. A.1); not in the paper, reimpl.'s 5
 
     def validate(self) -> None:
-        if not isinstance(self.fce, bool):
-            raise ConfigError(f"matching fce must be true or false, got {self.fce!r}")
         if self.fce_steps < 1:
             raise ConfigError(f"matching fce_steps must be >= 1, got {self.fce_steps}")
 

@@ -34,9 +34,6 @@ class ProtoNetConfig(AlgorithmConfig):
     temperature: float = 1.0  # logits = -d / temperature; not in the paper, 1.0 reproduces it
 
     def validate(self) -> None:
-        if self.distance not in ("sqeuclidean", "cosine"):
-            raise ConfigError(f"protonet distance must be 'sqeuclidean' or 'cosine', "
-                              f"got '{self.distance}'")
         if self.temperature <= 0:
             raise ConfigError(f"protonet temperature must be > 0, got {self.temperature}")
 

@@ -18,7 +18,8 @@ reported "acc" is that N-way rule on the queries.
 Affine distortions (Sec. 3.3), with `distort=True` and only while training: each component of
 T = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y), theta in [-10, 10] degrees, rho in [-0.3, 0.3],
 s in [0.8, 1.2], t in [-2, 2] pixels, is drawn uniformly and kept with probability 0.5 (else
-identity); `adapt` never distorts. Distorted training loops over the tasks instead of `vmap`
+identity), from a generator seeded by (`distort_seed`, meta-iteration, episode); `adapt` never
+distorts. Distorted training loops over the tasks instead of `vmap`
 (random ops under `torch.vmap` would need randomness="different").
 
 Deviations: conv4 (batch statistics of the episode, support and query in one pass) replaces the
@@ -34,6 +35,7 @@ Presets: siamese-omniglot-5w1s, siamese-omniglot-20w1s.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -55,6 +57,7 @@ class SiameseConfig(AlgorithmConfig):
     scale: float = 0.2  # s_x, s_y ~ U[1 - scale, 1 + scale] (Sec. 3.3: [0.8, 1.2])
     translation: float = 2.0  # t_x, t_y ~ U[-translation, translation] pixels (Sec. 3.3: 2)
     distort_prob: float = 0.5  # each component is applied with this probability (Sec. 3.3: .5)
+    distort_seed: int = 0  # with the meta-iteration and the episode, fixes every distortion
 
     def validate(self) -> None:
         if min(self.rotation, self.translation) < 0:
@@ -86,15 +89,26 @@ def balanced_bce(logits: Tensor, same: Tensor) -> Tensor:
     return (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
 
 
-def random_affine(x: Tensor, cfg: SiameseConfig) -> Tensor:
+def distortion_generator(seed: int, step: int, episode: Tensor) -> torch.Generator:
+    """A generator seeded by (`seed`, meta-iteration `step`, the episode's bytes): distortions
+    are a pure function of those, whatever else draws random numbers, and a resumed run
+    repeats them."""
+    digest = hashlib.sha256(f"siamese/{seed}/{step}/".encode()
+                            + episode.detach().cpu().numpy().tobytes()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def random_affine(x: Tensor, cfg: SiameseConfig, generator: torch.Generator | None = None
+                  ) -> Tensor:
     """One random affine distortion per image (Sec. 3.3): `[M, C, H, W]` -> `[M, C, H, W]`.
 
     The image is mapped by p' = R(theta) [[1, rho_x], [rho_y, 1]] diag(s_x, s_y) p + t in
     normalised coordinates; sampling uses the inverse map. Background outside is 0 (ink on 0).
     """
     m, _, h, w = x.shape
-    u = torch.rand(7, m, device=x.device, dtype=x.dtype) * 2 - 1  # U[-1, 1]
-    v = u * (torch.rand(7, m, device=x.device) < cfg.distort_prob)  # each kept w.p. distort_prob
+    u = torch.rand(7, m, generator=generator, dtype=x.dtype).to(x.device) * 2 - 1  # U[-1, 1]
+    keep = torch.rand(7, m, generator=generator).to(x.device) < cfg.distort_prob
+    v = u * keep  # each component kept with probability distort_prob
     theta = v[0] * math.radians(cfg.rotation)
     cos, sin, one = theta.cos(), theta.sin(), torch.ones_like(theta)
     rot = torch.stack([cos, -sin, sin, cos], -1).view(m, 2, 2)
@@ -120,6 +134,7 @@ class SiameseNet(Algorithm):
         dim = int(backbone.feature_dim)  # type: ignore[arg-type]
         self.alpha = nn.Parameter(torch.randn(dim) * 0.2)  # Sec. 3.2: FC weights N(0, 0.2)
         self.bias = nn.Parameter(0.5 + 0.01 * torch.randn(()))  # Sec. 3.2: biases N(0.5, 0.01)
+        self.step = 0  # meta-iteration, set by begin_step: seeds the distortions
 
     def _scores(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int
                 ) -> tuple[Tensor, Tensor]:
@@ -142,11 +157,15 @@ class SiameseNet(Algorithm):
                   ways: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Balanced verification BCE over all (query, support) pairs (Sec. 3.2)."""
         if self.training and self.config.distort:  # Sec. 3.3, training inputs only
-            support_x, query_x = random_affine(support_x, self.config), random_affine(
-                query_x, self.config)
+            g = distortion_generator(self.config.distort_seed, self.step, support_x)
+            support_x = random_affine(support_x, self.config, g)
+            query_x = random_affine(query_x, self.config, g)
         pairs, scores = self._scores(support_x, support_y, query_x, ways)
         loss = balanced_bce(pairs, query_y[:, None] == support_y[None, :])  # [M, N*K] targets
         return loss, {"acc": accuracy(scores.detach(), query_y)}
+
+    def begin_step(self, step: int, total: int) -> None:
+        self.step = step  # seeds the distortions
 
     def can_vmap(self) -> bool:
         """Not while distorting: random draws under vmap would need randomness="different"."""
