@@ -16,7 +16,8 @@ or threads for the algorithms measured faster in threads; elsewhere (MLPs, GPUs)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +26,9 @@ from metazoo.adaptation import loss_and_metrics
 from metazoo.errors import ConfigError
 from metazoo.task_threads import map_chunks
 from metazoo.tasks import TaskBatch
+from metazoo.types import Params, Predictor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the algorithms import this module; it needs their type only
     from metazoo.algorithms.base import Algorithm
 
 Strategy = Literal["auto", "loop", "vmap", "threads", "first_step"]
@@ -38,6 +40,30 @@ THREADS_MEASURED_FASTER = frozenset({"maml", "meta_sgd", "anil", "maml_pp", "cav
 are unmeasured, or draw random numbers per task (threads would make runs irreproducible)."""
 
 Metrics = dict[str, Tensor]
+F = TypeVar("F", bound=Callable[..., object])
+_DEFAULT = "__metazoo_batching_default__"
+
+
+def batched_default(method: F) -> F:
+    """Marks `Algorithm`'s own `meta_loss` and `task_loss`: a subclass that keeps them is run
+    with every strategy; one that overrides them declares its own objective."""
+    setattr(method, _DEFAULT, True)
+    return method
+
+
+def _keeps_default(alg: Algorithm, name: str) -> bool:
+    return bool(getattr(getattr(type(alg), name), _DEFAULT, False))
+
+
+@runtime_checkable
+class InnerLoop(Protocol):
+    """The shape "first_step" needs (`metazoo.algorithms.networks.InnerLoopAlgorithm`)."""
+
+    def start_params(self) -> Params: ...
+    def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int
+                   ) -> Params: ...
+    def steps(self) -> int: ...
+    def predictor(self, params: Params, support_x: Tensor) -> Predictor: ...
 
 
 def choose(alg: Algorithm, strategy: Strategy = "auto") -> Strategy:
@@ -60,9 +86,7 @@ def choose(alg: Algorithm, strategy: Strategy = "auto") -> Strategy:
 
 def overrides_meta_loss(alg: Algorithm) -> bool:
     """Whether `alg`'s outer objective is its own (Reptile), not the mean of `task_loss`."""
-    from metazoo.algorithms.base import Algorithm
-
-    return type(alg).meta_loss is not Algorithm.meta_loss
+    return not _keeps_default(alg, "meta_loss")
 
 
 def _mean(outs: list[tuple[Tensor, Metrics]]) -> tuple[Tensor, Metrics]:
@@ -86,10 +110,7 @@ def mean_task_loss(alg: Algorithm, batch: TaskBatch, strategy: Strategy = "auto"
 
 
 def _first_step(alg: Algorithm, batch: TaskBatch, ways: int) -> tuple[Tensor, Metrics]:
-    from metazoo.algorithms.base import Algorithm
-    from metazoo.algorithms.networks import InnerLoopAlgorithm
-
-    if not isinstance(alg, InnerLoopAlgorithm) or type(alg).task_loss is not Algorithm.task_loss:
+    if not isinstance(alg, InnerLoop) or not _keeps_default(alg, "task_loss"):
         raise ConfigError(f"strategy 'first_step' needs an algorithm that adapts by inner steps "
                           f"from shared parameters (maml, fomaml, anil, meta_sgd); "
                           f"'{alg.spec.name}' is not one: use 'loop', 'threads' or 'vmap'")

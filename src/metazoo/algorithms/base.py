@@ -138,11 +138,13 @@ class Algorithm(nn.Module):
         """Turn ONE task's support set (`[N*K, *x]`, `[N*K]`) into a predictor; pure."""
         raise NotImplementedError(f"{type(self).__name__} must define adapt()")
 
+    @batching.batched_default
     def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
                   ways: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Query loss of one task after adaptation: cross-entropy, or MSE for regression."""
         return loss_and_metrics(self.adapt(support_x, support_y, ways=ways)(query_x), query_y)
 
+    @batching.batched_default
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean over tasks of `task_loss`, and the mean of each metric."""
         return batching.mean_task_loss(self, batch)

@@ -11,22 +11,17 @@ theta is meta-learned in the outer loop only, on the query loss at the adapted c
     min_theta  sum_{T_i} L_{T_i}^{query}(f_{phi_i, theta})
 Second order by default: the meta-gradient flows through the context updates (their gradients
 depend on theta); `first_order=True` treats each inner gradient as a constant.
-How phi enters the network (Sec. 3 and the experiments of Sec. 5), through the backbone's
-`modulation` extension point:
-* vector inputs (the MLP, regression, Sec. 5.1): phi is concatenated to the input of the first
-  layer. Here as a bias-free linear map of phi shifting the first layer's pre-activation:
-  W [x; phi] + b = W_x x + W_phi phi + b, the same function with the same parameters.
+phi enters through the backbone's `modulation` extension point (Sec. 3, Sec. 5):
+* vector inputs (the MLP, regression, Sec. 5.1): phi is concatenated to the first layer's input,
+  here as a bias-free linear map of phi added to the first layer's pre-activation;
 * image inputs (conv4, classification, Sec. 5.2): FiLM (Perez et al. 2018). A linear map of
   phi, part of theta, gives per-channel (gamma, beta); a modulated block runs conv -> batch
-  norm -> max-pool -> gamma * h + beta -> ReLU, the order of the reference code, which
-  modulates the third of the four blocks only (`film_blocks`).
+  norm -> max-pool -> gamma * h + beta -> ReLU, in the third of four blocks (`film_blocks`).
 
-Deviations: the FiLM generator's bias starts at gamma = 1, beta = 0 (the reference code leaves
-torch's default, gamma ~ 0), so before any adaptation the network is exactly backbone + head; its
-weights use Kaiming-uniform as the reference code. Backbone and head keep torch's default
-initialisation (the reference code uses Kaiming with zero biases for the image network). The
-reference clamps each meta-gradient entry to [-10, 10]; the trainer clips the global norm instead
-(`train.grad_clip`). Batch norm is transductive (batch statistics), as the reference code.
+Deviations: the FiLM generator's bias starts at gamma = 1, beta = 0 (reference code: gamma ~ 0);
+backbone and head keep torch's default initialisation; the trainer clips the global gradient
+norm (`train.grad_clip`), not each entry to [-10, 10]. Batch norm is transductive (batch
+statistics), as the reference code. Details: docs/algorithms.md.
 Presets: cavia-sinusoid, cavia-omniglot-5w1s, cavia-omniglot-20w1s.
 """
 

@@ -11,21 +11,16 @@ and applies a graph convolution with the operator family {I, A} (Sec. 4.2, Eq. 3
     Gc(x) = rho( I x theta_I + A x theta_A ),      rho = batch norm then leaky ReLU,
 whose output is concatenated to its input (dense connections). The last block has no rho and N
 outputs; its row for the query node is the logits, trained with cross-entropy (Sec. 5.1).
-Every query gets its own graph (the paper's few-shot setting has one query per task), so the M
-graphs of a task run batched, `[M, N*K+1, d]`, and a query's logits ignore the other queries.
+Every query gets its own graph, so the M graphs of a task run batched, `[M, N*K+1, d]`.
 Architecture as the reference code's Omniglot model (`GNN_nl_omniglot`, nf=96): 2 hidden blocks
 adding 48 features each, an output block, adjacency MLPs of widths (2, 1.5, 1, 1) x the block's
-input width (the last block reuses the previous block's widths), 1x1 layers with batch norm and
-leaky ReLU (slope 0.01), the diagonal excluded from the softmax, batch norm on the output.
+input width, leaky ReLU (slope 0.01), batch norm on the output.
 
-Deviations: batch norm inside the GNN normalises over the nodes (or node pairs) of each graph, not
-over the whole meta-batch, so queries stay independent (the reference code shares statistics
-across the 300 graphs of a batch and uses running statistics at test time); the query's label
-part is 1/N as in the paper (the reference code uses zeros); no dropout in the last adjacency
-MLP (the code's p=0.3 would need global randomness); the embedding is our conv4 (ReLU, max-pool
-in all blocks, 64 features on 28x28) instead of the code's leaky-ReLU network with a 64-unit
-linear layer; the N*Q query graphs of a task share its support set (the code draws a new
-support set for every graph). Presets: gnn-omniglot-5w1s, gnn-omniglot-20w1s.
+Deviations: batch norm inside the GNN normalises over the nodes (or node pairs) of each graph,
+not the whole meta-batch; the query's label part is 1/N as in the paper (code: zeros); no
+dropout in the last adjacency MLP; the embedding is our conv4, not the code's leaky-ReLU
+network; the N*Q query graphs of a task share its support set. Details: docs/algorithms.md.
+Presets: gnn-omniglot-5w1s, gnn-omniglot-20w1s.
 """
 
 from __future__ import annotations

@@ -12,20 +12,15 @@ The meta-gradient of the query loss follows from the chain rule (Eq. 5) and the 
 Jacobian of Lemma 1, d phi_i / d theta = (I + H_i / lambda)^{-1} with H_i the Hessian of the
 support loss at phi_i (Eq. 6):
     g_i = (I + H_i / lambda)^{-1} grad_phi L_query(phi_i)
-computed as in Algorithm 2: `cg_steps` conjugate-gradient iterations (`metazoo.solvers`) on
-(I + H_i / lambda) g = grad_phi L_query(phi_i), each with one Hessian-vector product by double
-backward. The outer update uses the mean of g_i over the meta-batch (Algorithm 1), by Adam.
-`meta_loss` returns a tensor whose value is the mean query loss and whose gradient with respect
-to theta is that mean of g_i (a surrogate: theta . g_i, g_i held constant).
+computed as in Algorithm 2 by `cg_steps` conjugate-gradient iterations (`metazoo.solvers`), each
+with one Hessian-vector product by double backward. The outer update uses the mean of g_i over
+the meta-batch (Algorithm 1), by Adam. `meta_loss` is a surrogate (theta . g_i, g_i constant)
+whose value is the mean query loss and whose gradient is that mean of g_i.
 
-Deviations: batch norm as in MAML (`bn_mode`). The reference code (aravindr93/imaml_dev) runs
-plain SGD on the unregularised support loss and then one proximal step, and CG on
-(2 I + H / (lambda + 10)); `inner_prox: final_step`, `cg_damping: 1.0`, `lam_damping: 10.0`,
-`inner_lr: 0.1` give it. The paper gives no inner step size; GD on Eq. 4 is stable only for
-inner_lr * (h + lambda) < 2, h the support Hessian's top eigenvalue, hence our 0.025 (design
-note and measurements: docs/results.md, "iMAML"). Lemma 1 assumes I + H / lambda positive
-definite; CG stops at the first direction of non-positive curvature (`metazoo.solvers`).
-`eval_lam` sets lambda at evaluation (the reference tests with lambda = 0).
+Deviations: batch norm as in MAML (`bn_mode`); `inner_lr` 0.025 (the paper gives none); CG stops
+at the first direction of non-positive curvature; `eval_lam` sets lambda at evaluation (the
+reference tests with lambda = 0). The reference code's procedure is `inner_prox: final_step`,
+`cg_damping: 1.0`, `lam_damping: 10.0`, `inner_lr: 0.1`. Details: docs/algorithms.md.
 Presets: imaml-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 """
 

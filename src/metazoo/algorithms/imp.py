@@ -14,21 +14,14 @@ support set runs DP-means clustering of the labelled embeddings (Algorithm 1, fu
 Steps 2-3 repeat `cluster_steps` times. The threshold follows the small-variance DP derivation,
     lambda = -2 sigma log(alpha) + D sigma log(1 + rho / sigma),
 with the cluster variance sigma (learned, as log sigma), the DP concentration alpha, the prior
-variance rho of cluster means (estimated, as in the authors' code, by the variance of the episode's
-class prototypes, averaged over the D embedding dimensions). A query is scored per class by its
-best cluster under the isotropic Gaussian of variance sigma:
+variance rho of cluster means (the variance of the episode's class prototypes, averaged over the
+D dimensions). A query is scored per class by its best cluster (Gaussian of variance sigma):
     logit_n(z) = max_{c in class n} [ -d(z, mu_c) / (2 sigma) - (D / 2) log(2 pi sigma) ],
-and the meta-loss is the cross-entropy on these logits (the authors' "or" loss over each class's
-clusters reduces to exactly this). As in the authors' code, lambda, the cluster seeds and the soft
-assignments carry no gradient; the means do (through the embeddings), and sigma is learned through
-the query logits. With one cluster per class the logits are ProtoNet's -d divided by 2 sigma minus
-a constant; with lambda -> 0 every support point is its own cluster (1-nearest neighbour). In
-1-shot episodes the only point of a class is its prototype, so no cluster is ever added and IMP is
-ProtoNet with a learned scale 1/(2 sigma).
-The rules above follow the authors' code (github.com/k-r-allen/imp, fewshot/models/imp.py).
-Deviations: conv4 with batch statistics and PyTorch's default initialisation (the authors use
-Xavier-uniform with gain sqrt(2)); Adam instead of the code's RMSprop; only the fully supervised
-rule (the semi-supervised and unsupervised clustering of unlabelled points are not implemented).
+with cross-entropy on these logits. lambda, the seeds and the soft assignments carry no
+gradient; the means and sigma do. These rules follow the authors' code (github.com/k-r-allen/imp,
+fewshot/models/imp.py); more in docs/algorithms.md.
+Deviations: conv4 with batch statistics and PyTorch's default initialisation (authors' code:
+Xavier-uniform, gain sqrt(2)); Adam, not RMSprop; only the fully supervised rule.
 Presets: imp-omniglot-5w1s, imp-omniglot-20w1s.
 """
 

@@ -2,34 +2,25 @@
 
 Antoniou, Edwards, Storkey. "How to train your MAML". ICLR 2019. arXiv:1810.09502.
 
-MAML (`metazoo.algorithms.maml`) with the paper's Sec. 4 changes, each switchable so that its
-effect can be measured alone; with all of them off this is MAML exactly (tested).
-1. Multi-step loss, MSL (`multi_step_loss`, Eq. 2): the meta-loss of a task is
-   sum_i v_i L_query(f_{theta_i}), the query loss after every inner step i = 1..S weighted by v.
-   v starts uniform (1/S) and, as the reference code does, the non-final weights fall linearly
-   by 1/S over `msl_iterations` to a floor of 0.03/S while the final one takes the rest
-   (v_S = 1 - sum of the others); after `msl_iterations` only the final query loss is used.
-2. Derivative-order annealing, DA (`derivative_order_annealing`): first-order meta-gradients for
-   the first `first_order_iterations` meta-iterations, second order after.
+MAML (`metazoo.algorithms.maml`) with the paper's Sec. 4 changes, each switchable (all off: MAML).
+1. Multi-step loss, MSL (`multi_step_loss`, Eq. 2): the meta-loss is sum_i v_i L_query(f_{theta_i})
+   over the inner steps i = 1..S. As the reference code, v starts at 1/S, the non-final weights
+   fall linearly by 1/S over `msl_iterations` to a floor of 0.03/S, v_S = 1 - the others; after
+   `msl_iterations` only the final query loss is used.
+2. Derivative-order annealing, DA (`derivative_order_annealing`): first order for the first
+   `first_order_iterations` meta-iterations, then second (MSL and DA read `begin_step`'s step).
 3. Per-step batch-norm running statistics, BNRS (`per_step_bn_stats`): see below.
-4. Per-step batch-norm weights and biases, BNWB (`per_step_bn_weights`): one gamma/beta set per
-   inner step; step i's support pass and the query pass after step i use set i. As in the
-   reference code they are meta-learned but not adapted in the inner loop; without BNWB the one
-   set is adapted like every other parameter, as MAML does here.
+4. Per-step batch-norm weights and biases, BNWB (`per_step_bn_weights`): set i serves step i's
+   support pass and the query pass after it; meta-learned, not adapted (as the reference code).
 5. Learned per-layer per-step learning rates, LSLR (`learned_step_sizes`): theta_{i+1} =
-   theta_i - alpha_{i,l} * grad L_support, one learnable alpha per parameter tensor l and step i,
+   theta_i - alpha_{i,l} * grad L_support, one alpha per parameter tensor l and step i,
    initialised to `inner_lr` and meta-learned with theta.
-6. Cosine annealing of the meta-learning rate, CA (Eq. 3): the trainer's `train.schedule:
-   cosine` (set in the presets); nothing here.
-The schedules of MSL and DA read the meta-iteration that the trainer passes to `begin_step`.
-
-Batch norm: the reference code normalises with batch statistics everywhere, evaluation
-included, so its BNRS changes no prediction; `eval_bn="batch"` (default) does the same.
-`eval_bn="running"` makes BNRS measurable: `end_step` updates running mean/variance (momentum
-`bn_momentum`, from every training pass), one set per step with BNRS and one shared set without,
-and evaluation normalises step i's passes with set i (backbones with a `norm` extension point).
+6. Cosine annealing of the meta-learning rate, CA (Eq. 3): the trainer's `train.schedule: cosine`.
+Batch norm: batch statistics everywhere by default (`eval_bn="batch"`, as the reference code, so
+BNRS changes no prediction); `eval_bn="running"` evaluates with running statistics updated by
+`end_step` (momentum `bn_momentum`), one set per step with BNRS, one shared set without.
 Deviations: the schedules move every meta-iteration, not once per 500-iteration epoch; conv4 is
-conv-BN-ReLU-pool (the reference: conv-leaky ReLU-BN-pool); evaluating with more steps than
+conv-BN-ReLU-pool (reference: conv-leaky ReLU-BN-pool); evaluating with more steps than
 `inner_steps` reuses the last step's learning rates and batch-norm sets.
 Presets: maml_pp-omniglot-5w1s, -5w5s, -20w1s, -20w5s.
 """

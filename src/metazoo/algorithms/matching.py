@@ -7,25 +7,21 @@ A query is labelled by attention over the support set, a differentiable nearest 
     y_hat = sum_i a(x_hat, x_i) y_i,   y_i one-hot, so support examples of one class add up,
 with the attention a softmax over the support of cosine similarities (Eq. 2):
     a(x_hat, x_i) = exp(c(f(x_hat), g(x_i))) / sum_j exp(c(f(x_hat), g(x_j))),   c = cosine
-(both embeddings normalised, as Eq. 2's cosine reads). The predictor returns log y_hat (clamped
-away from 0), so the base cross-entropy is the paper's loss -log P(y | x_hat, S) (Sec. 2.2):
-log_softmax leaves log-probabilities that sum to one unchanged. Without full context embeddings
-(FCE) f = g = the backbone. With `fce=True` (Sec. 2.1.2, Appendix A):
+The predictor returns log y_hat (clamped away from 0), so the base cross-entropy is the paper's
+loss -log P(y | x_hat, S) (Sec. 2.2). Without full context embeddings (FCE) f = g = the backbone.
+With `fce=True` (Sec. 2.1.2, Appendix A), f' = g' = the backbone and
   g (A.2): a bidirectional LSTM over the support embeddings g'(x_i) in episode order, with skip
     g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i);
   f (A.1): an LSTM run for K = `fce_steps` steps on the query embedding f'(x), reading g(S):
     h_hat_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1})              (Eq. 3)
     h_k = h_hat_k + f'(x)                                                  (Eq. 4)
     r_{k-1} = sum_i softmax_i(h_{k-1}^T g(x_i, S)) g(x_i, S)               (Eqs. 5-6)
-  and f(x, S) = h_K; every query is processed on its own. h_0 = c_0 = 0 (the paper leaves the
-  initial state open), so r_0 is the mean of g(S). f' = g' = the backbone.
-Deviations: conv4 uses batch statistics of the episode (support and query in one pass,
-transductive) where the paper does not say how its batch norm was run. FCE is the paper's
-miniImageNet variant (Table 2); on Omniglot "we did not use FCE" (Sec. 4.1.1), so `fce` defaults
-to False. K is not given in the paper; 5 follows a public reimplementation
-(github.com/AntreasAntoniou/MatchingNetworks, --full_context_unroll_k 5). The LSTM cells are
-written out (one Linear for all four gates, PyTorch's gate order i, f, g, o) so that `torch.vmap`
-can map them over tasks.
+  and f(x, S) = h_K for each query on its own, from h_0 = c_0 = 0 (the paper leaves it open).
+FCE is the paper's miniImageNet variant (Table 2), not used on Omniglot (Sec. 4.1.1), so `fce`
+defaults to False.
+Deviations: conv4 uses the episode's batch statistics (transductive; the paper does not say);
+K = 5 (not in the paper) follows github.com/AntreasAntoniou/MatchingNetworks
+(--full_context_unroll_k 5). Details: docs/algorithms.md.
 Presets: matching-omniglot-5w1s, matching-omniglot-20w1s.
 """
 

@@ -9,27 +9,20 @@ i_t = alpha of the cell update (Eq. 2), with the candidate cell state c~_t = -gr
     c_t = f_t o c_{t-1} + i_t o c~_t,                               theta_t = c_t
     i_t = sigmoid(W_I [grad_t, L_t, theta_{t-1}, i_{t-1}] + b_I)      (Eq. 3, a learning rate)
     f_t = sigmoid(W_F [grad_t, L_t, theta_{t-1}, f_{t-1}] + b_F)      (Eq. 4, a decay)
-and c_0 = the learner's initial parameters, meta-learned. "Parameter sharing & preprocessing":
-the LSTM runs coordinate-wise with weights shared by all coordinates (batch dimension = every
-scalar parameter of the learner, batch norm's scale and shift included); a first, ordinary LSTM
-(hidden 20) reads the preprocessed (loss, gradient) of each coordinate, and its output takes
-the place of [grad_t, L_t] in the gates above. Preprocessing (Andrychowicz et al. 2016, p = 10):
-x -> (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x). "Gradient independence assumption":
-the gradient and loss inputs are constants (computed at a detached theta_{t-1}), so no second
-derivatives; the meta-gradient flows through the c_t recurrence and the gates. Algorithm 1:
-theta_0 = c_0, T updates on the support set, and the query loss of theta_T is the meta-loss.
-Initialisation ("Initialization of meta-learner LSTM"; ranges from the authors' code): weights
-U(-0.01, 0.01), b_F ~ U(4, 5) (f ~ 1), b_I ~ U(-5, -4) (i small): it starts as slow SGD.
-
-Batch norm ("Batch Normalization" paragraph): batch statistics for support and query while
-meta-training; at meta-test the query is normalised with statistics of the support set.
-Deviations: every update uses the whole support set (the paper's miniImageNet setting; the
-authors' code could split it into mini-batches); the meta-test query uses the support
-statistics at theta_T instead of a running average of those of theta_0..theta_{T-1}
-(momentum 0.9-0.95 in the authors' code, so nearly the last ones); the gates read the previous
-gate values i_{t-1}, f_{t-1} as Eq. 3-4 write (the authors' code reads their pre-activations);
-the learner gradient is that of the mean loss (the authors' code divides it by the batch once
-more). Presets: meta_lstm-omniglot-5w1s, meta_lstm-omniglot-5w5s.
+and c_0 = the learner's initial parameters, meta-learned. The LSTM runs coordinate-wise, its
+weights shared by every scalar parameter of the learner (batch norm's included); a first LSTM
+(hidden 20) reads each coordinate's preprocessed (loss, gradient), in place of [grad_t, L_t]
+above. Preprocessing (Andrychowicz et al. 2016, p = 10): x -> (log|x| / p, sign x) if
+|x| >= e^-p, else (-1, e^p x). Gradient and loss inputs are constants (gradient independence
+assumption): no second derivatives. Algorithm 1: theta_0 = c_0, T updates on the support set,
+the query loss of theta_T is the meta-loss. Initialisation (ranges from the authors' code):
+weights U(-0.01, 0.01), b_F ~ U(4, 5), b_I ~ U(-5, -4): it starts as slow SGD. Batch norm:
+batch statistics while meta-training; at meta-test the query uses the support's statistics.
+Deviations: every update uses the whole support set; the meta-test query uses the support
+statistics at theta_T, not a running average; the gates read the previous gate values, not
+their pre-activations as the authors' code; the learner gradient is that of the mean loss.
+Details: docs/algorithms.md.
+Presets: meta_lstm-omniglot-5w1s, meta_lstm-omniglot-5w5s.
 """
 
 from __future__ import annotations

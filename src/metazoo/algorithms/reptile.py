@@ -11,21 +11,14 @@ beta1 = 0 as in the experiments (Sec. 6.1), or plain SGD. The outer update is Al
 whose GRADIENT is phi - mean_i(W_i), the "gradient" of Sec. 3. So the trainer with
 `train.optimizer: sgd`, `train.outer_lr: epsilon`, `train.schedule: linear` takes exactly the
 paper's meta-step, annealed linearly to 0 (App. A).
-Inner mini-batches are those of the reference code's `_mini_batches`: shuffled passes over the
-support set cut into consecutive batches (one may span two passes), shuffled by `random.Random`
-seeded with (`shuffle_seed`, meta-iteration) in training, so a resumed run repeats them, and
-with `shuffle_seed` alone in `adapt`.
-
-Adam's state (moments and step count) carries over from task to task in training, as in the
-reference code, whose one optimiser keeps its slots while the weights are reset to phi; `adapt`
-starts from that state and leaves it unchanged. The state is in `state_dict`; the trainer stores
-a step's new state through `end_step` (design note 13; restarting it diffuses the weights, see
-docs/results.md); `inner_adam_state: reset` keeps that variant.
-Deviations: Adam as PyTorch computes it (epsilon added to the bias-corrected sqrt(v), not to
-sqrt(v) as in TensorFlow). Batch norm at test time: `bn_mode` "transductive" (the query
-batch's statistics) and "per_query" (the support plus that one query) are the reference code's
-two evaluations, Table 2's "Reptile + Transduction" and "Reptile" rows; "non_transductive"
-(the support's statistics alone) is the project's usual option.
+Inner mini-batches are the reference code's `_mini_batches`, shuffled with (`shuffle_seed`,
+meta-iteration) in training and `shuffle_seed` alone in `adapt`. Adam's state carries over
+from task to task in training, as in the reference code; `adapt` starts from it and leaves it
+unchanged; `end_step` stores it (design note 13); `inner_adam_state: reset` restarts it.
+Deviations: Adam as PyTorch computes it (epsilon added to the bias-corrected sqrt(v)). Test-time
+batch norm: `bn_mode` "transductive" and "per_query" are the reference code's two evaluations
+(Table 2's "Reptile + Transduction" and "Reptile"), "non_transductive" the project's usual one.
+Details: docs/algorithms.md.
 Presets: reptile-omniglot-5w1s, -5w5s, -20w1s, -20w5s, reptile-sinusoid.
 """
 

@@ -7,29 +7,20 @@ Twin copies of one embedding h (shared weights) are joined by a weighted L1 dist
 sigmoid (Sec. 3.1):
     p(x1, x2) = sigmoid( sum_j alpha_j |h1_j - h2_j| + b ),   alpha, b learned
 trained as a same/different verifier with the regularised cross-entropy of Sec. 3.2:
-    L = -[ y log p + (1 - y) log(1 - p) ] + lambda^T |w|^2,   y = 1 iff same class.
-Here the pairs come from the episode (`task_loss`): every (query, support) pair, y = 1 when the
-labels agree. An episode has N*Q*K same and N*Q*(N-1)*K different pairs, so the paper's balanced
-pairs are emulated by weights: the positive pairs' mean BCE and the negative pairs' mean BCE each
-count one half. One-shot prediction is the paper's rule (Sec. 4.3): the query's class is the
-support class of the most similar support image; the predictor returns per class the max over
-that class's support of the pre-sigmoid logit, so argmax is that rule (sigmoid is monotone). The
-reported "acc" is that N-way rule on the queries.
+    L = -[ y log p + (1 - y) log(1 - p) ] + lambda^T |w|^2,   y = 1 iff same class,
+with alpha ~ N(0, 0.2), b ~ N(0.5, 0.01), the paper's fully connected initialisation (Sec. 3.2).
+One-shot prediction (Sec. 4.3): the query's class is that of the most similar support image;
+the predictor returns per class the max pre-sigmoid logit over its support. "acc" is this rule.
 Affine distortions (Sec. 3.3), with `distort=True` and only while training: each component of
 T = (theta, rho_x, rho_y, s_x, s_y, t_x, t_y), theta in [-10, 10] degrees, rho in [-0.3, 0.3],
 s in [0.8, 1.2], t in [-2, 2] pixels, is drawn uniformly and kept with probability 0.5 (else
-identity), from a generator seeded by (`distort_seed`, meta-iteration, episode); `adapt` never
-distorts. Distorted training loops over the tasks instead of `vmap`
-(random ops under `torch.vmap` would need randomness="different").
+identity), from a generator seeded by (`distort_seed`, meta-iteration, episode).
 
-Deviations: conv4 (batch statistics of the episode, support and query in one pass) replaces the
-paper's 105x105 network with its 4096-unit layer, so h is conv4's flattened output (64 features
-on 28x28). Pairs are all query-support pairs of an episode rather than independently sampled
-balanced pairs, and each image is distorted once per episode (it sits in many pairs) where the
-paper draws T1, T2 per pair. The L2 penalty lambda_j per layer is not here: `train.weight_decay`
-(Adam's coupled L2, one value for all layers) stands in. Koch used SGD with per-layer learning
-rates and momentum; the engine uses Adam (see the presets). alpha ~ N(0, 0.2) and b ~ N(0.5,
-0.01) follow the paper's initialisation of fully connected layers (Sec. 3.2).
+Deviations: conv4 (batch statistics of the episode) replaces the paper's 105x105 network; the
+pairs are every (query, support) pair of an episode, positives and negatives weighted one half
+each, not sampled balanced pairs; each image is distorted once per episode, not per pair;
+`train.weight_decay` (one value) replaces the per-layer lambda_j; Adam replaces Koch's SGD with
+per-layer learning rates and momentum. Details: docs/algorithms.md.
 Presets: siamese-omniglot-5w1s, siamese-omniglot-20w1s.
 """
 
