@@ -16,8 +16,8 @@ or threads for the algorithms measured faster in threads; elsewhere (MLPs, GPUs)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +28,6 @@ from metazoo.task_threads import map_chunks
 from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
-if TYPE_CHECKING:  # the algorithms import this module; it needs their type only
-    from metazoo.algorithms.base import Algorithm
-
 Strategy = Literal["auto", "loop", "vmap", "threads", "first_step"]
 STRATEGIES: tuple[Strategy, ...] = ("loop", "vmap", "threads", "first_step")
 
@@ -40,6 +37,26 @@ THREADS_MEASURED_FASTER = frozenset({"maml", "meta_sgd", "anil", "maml_pp", "cav
 are unmeasured, or draw random numbers per task (threads would make runs irreproducible)."""
 
 Metrics = dict[str, Tensor]
+
+
+class Algorithm(Protocol):
+    """What this module needs of an algorithm (`metazoo.algorithms.base.Algorithm` has it);
+    a protocol, so that this module does not import the algorithms that import it."""
+
+    backbone: nn.Module
+    ways: int
+
+    @property
+    def spec(self) -> Any: ...  # its registry entry: `spec.name`
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
+              ) -> Predictor: ...
+    def task_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                  query_y: Tensor, ways: int) -> tuple[Tensor, Metrics]: ...
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, Metrics]: ...
+    def check_ways(self, ways: int) -> int: ...
+    def can_vmap(self) -> bool: ...
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 F = TypeVar("F", bound=Callable[..., object])
 _DEFAULT = "__metazoo_batching_default__"
 
@@ -160,8 +177,9 @@ def _backward_per_task(alg: Algorithm, batch: TaskBatch, workers: int
     ways, tasks = alg.check_ways(batch.ways), len(batch)
     params = [p for p in alg.parameters() if p.requires_grad]
 
-    def run(worker: Algorithm, part: range) -> tuple[list[Tensor | None], list[Tensor],
-                                                     list[Metrics]]:
+    def run(clone: nn.Module, part: range) -> tuple[list[Tensor | None], list[Tensor],
+                                                    list[Metrics]]:
+        worker = cast(Algorithm, clone)
         total: list[Tensor | None] = [None] * len(params)
         losses, metrics = [], []
         for i in part:
@@ -177,7 +195,7 @@ def _backward_per_task(alg: Algorithm, batch: TaskBatch, workers: int
             metrics.append({k: v.detach() for k, v in m.items()})
         return total, losses, metrics
 
-    results = map_chunks(run, alg, tasks, workers)
+    results = map_chunks(run, cast(nn.Module, alg), tasks, workers)
     for total, _, _ in results:  # worker order: the sum does not depend on thread timing
         for p, g in zip(params, total, strict=True):
             if g is not None:
@@ -194,8 +212,10 @@ def predict(alg: Algorithm, support_x: Tensor, support_y: Tensor, query_x: Tenso
         return torch.vmap(lambda sx, sy, qx: alg.adapt(sx, sy, ways=n)(qx))(support_x, support_y,
                                                                             query_x)
 
-    def run(worker: Algorithm, part: range) -> list[Tensor]:
+    def run(clone: nn.Module, part: range) -> list[Tensor]:
+        worker = cast(Algorithm, clone)
         return [worker.adapt(support_x[i], support_y[i], ways=n)(query_x[i]) for i in part]
 
     workers = torch.get_num_threads() if chosen == "threads" and tasks > 1 else 1
-    return torch.stack([out for outs in map_chunks(run, alg, tasks, workers) for out in outs])
+    return torch.stack([out for outs in map_chunks(run, cast(nn.Module, alg), tasks, workers)
+                        for out in outs])
