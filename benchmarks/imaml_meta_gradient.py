@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from metazoo.config import load_config
+from metazoo.config_files import load_config
 from metazoo.engine import checkpoint
 from metazoo.engine.run import build_algorithm, task_source
 from metazoo.functional import call, params_of

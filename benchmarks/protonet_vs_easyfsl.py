@@ -337,10 +337,10 @@ def prepare_end_to_end(impl: str, ways: int, shots: int, queries: int, n_tasks: 
                  "pipeline": "PngOmniglot (PIL decode+resize per access) + TaskSampler + "
                              "DataLoader"}
     else:
-        import metazoo.data
+        import metazoo.tasks
 
-        source = metazoo.data.make_task_source("omniglot", "train", ways=ways, shots=shots,
-                                               queries=queries, seed=0, root=root)
+        source = metazoo.tasks.make_task_source("omniglot", "train", ways=ways, shots=shots,
+                                                queries=queries, seed=0, root=root)
         model = metazoo_protonet(metazoo_conv4_like(base), ways).train()
 
         def loss_at(i: int) -> Tensor:

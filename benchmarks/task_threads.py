@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from metazoo import batching
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
-from metazoo.config import load_config
+from metazoo.config_files import load_config
 from metazoo.engine.run import build_algorithm
 from metazoo.tasks import TaskBatch
 

@@ -59,12 +59,9 @@ def regression_batch(shots: int = 5, queries: int = 4, tasks: int = 2, seed: int
 
 
 @pytest.fixture
-def synthetic_data(monkeypatch):
+def synthetic_data():
     """Registers dataset 'synthetic' (12-24 separable random classes per split) for engine tests."""
-    import sys
-    import types
-
-    import metazoo.data as data
+    from metazoo.data import DATASETS, DatasetSpec
 
     splits = {"train": 0, "val": 1, "test": 2}
 
@@ -72,9 +69,6 @@ def synthetic_data(monkeypatch):
         return make_dataset(classes=24 if split == "train" else 12, per_class=8,
                             name=f"synthetic/{split}", size=image_size, seed=splits[split])
 
-    module = types.ModuleType("metazoo.data.synthetic")
-    module.load = load
-    monkeypatch.setitem(sys.modules, "metazoo.data.synthetic", module)
-    monkeypatch.setitem(data.DATASETS, "synthetic", data.DatasetSpec(
-        "synthetic", "synthetic", "images", tuple(splits), "test data", False))
-    return "synthetic"
+    with DATASETS.temporarily(DatasetSpec("synthetic", load, "images", tuple(splits),
+                                          "test data", False)):
+        yield "synthetic"

@@ -39,7 +39,7 @@ def test_first_step_is_refused_where_tasks_do_not_share_a_first_inner_step():
     conv = models.build("conv4", hidden=4)
     for name in ("protonet", "maml_pp", "imaml"):
         alg = algorithms.build(name, conv, ways=3)
-        with pytest.raises(ConfigError, match="first_step.*maml, fomaml, anil, meta_sgd"):
+        with pytest.raises(ConfigError, match=r"first_step.*maml, fomaml, anil, meta_sgd"):
             batching.meta_loss(alg, tiny_batch(3), "first_step")
 
 

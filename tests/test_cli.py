@@ -84,3 +84,36 @@ def test_plot_draws_the_adaptation_figure_for_sinusoid_runs(tmp_path):
     assert main(["plot", str(run)]) == 0
     assert (run / "adaptation.png").stat().st_size > 1000
     assert json.loads((run / "results.json").read_text())["metric"] == "mse"
+
+
+def test_list_datasets_shows_the_registry_in_order(capsys):
+    assert main(["list", "datasets"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "datasets:",
+        "  glyphs       procedurally drawn characters, 28x28; the embedded default",
+        "  sinusoid     sine regression, amplitude U[0.1, 5], phase U[0, pi] (MAML Sec. 5.1)",
+        "  omniglot     Lake et al. 2015; Vinyals split, rotations as classes for training",
+        "  folder       your images: data.root/<class>/<image>, classes split by seed",
+    ]
+
+
+def test_eval_prints_what_evaluate_run_returns(capsys, tmp_path, monkeypatch):
+    """The CLI only parses and prints: its arguments reach `evaluate_run` unchanged."""
+    import metazoo.engine.evaluate as ev
+
+    seen = {}
+
+    def fake(run_dir, **kwargs):
+        seen.update(kwargs, run_dir=run_dir)
+        result = ev.EvalResult("accuracy", 0.5, 0.01, 3, 2, 1, 4, "val", 0.1)
+        return result, tmp_path / "results.json"
+
+    monkeypatch.setattr(ev, "evaluate_run", fake)
+    assert main(["eval", str(tmp_path), "--episodes", "3", "--split", "val", "--ways", "2",
+                 "--data-root", "/d", "--set", "algorithm.x=1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["val accuracy 0.5000 ± 0.0100 (3 episodes, 2-way 1-shot 4-query, 0.1 s)",
+                   f"written: {tmp_path / 'results.json'}"]
+    assert seen == {"run_dir": str(tmp_path), "episodes": 3, "split": "val", "ways": 2,
+                    "shots": None, "queries": None, "data_root": "/d",
+                    "options": ["algorithm.x=1"]}

@@ -1,6 +1,13 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
 import pytest
 
-from metazoo.config import RunConfig, apply_overrides, from_dict, load_config, preset_names
+import metazoo.config
+from metazoo.config import RunConfig
+from metazoo.config_files import apply_overrides, from_dict, load_config, preset_names
 from metazoo.errors import ConfigError
 
 
@@ -54,3 +61,60 @@ def test_apply_overrides_does_not_mutate_input():
     base = {"train": {"meta_steps": 1}}
     apply_overrides(base, ["train.meta_steps=2"])
     assert base == {"train": {"meta_steps": 1}}
+
+
+def test_algorithm_section_holds_the_algorithms_own_config():
+    from metazoo import algorithms
+
+    cfg = load_config(overrides=["algorithm.name=maml", "algorithm.inner_lr=0.25"])
+    spec = algorithms.get("maml")
+    assert type(cfg.algorithm.config) is spec.config
+    assert cfg.algorithm.config == spec.make_config(inner_lr=0.25)
+    assert isinstance(cfg.algorithm.config.inner_lr, float)  # type: ignore[attr-defined]
+
+
+def test_to_dict_writes_every_option_and_reads_back():
+    cfg = load_config("maml-sinusoid")
+    d = cfg.to_dict()
+    fields = {f.name for f in dataclasses.fields(cfg.algorithm.config)}
+    assert set(d["algorithm"]) == {"name", *fields}
+    assert list(d) == ["seed", "data", "model", "train", "eval", "algorithm"]
+    assert d["model"]["widths"] == [40, 40]  # tuples as lists: plain JSON
+    assert json.loads(json.dumps(d)) == d
+    assert from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_tuple_options_come_back_as_tuples():
+    cfg = load_config(overrides=["algorithm.name=meta_sgd"])
+    d = cfg.to_dict()
+    tuples = [k for k, v in vars(cfg.algorithm.config).items() if isinstance(v, tuple)]
+    assert tuples, "meta_sgd has a tuple option"
+    assert all(isinstance(d["algorithm"][k], list) for k in tuples)
+    back = from_dict(json.loads(json.dumps(d))).algorithm.config
+    assert all(isinstance(getattr(back, k), tuple) for k in tuples) and back == cfg.algorithm.config
+
+
+def test_an_older_config_json_with_some_options_reads_with_defaults():
+    from metazoo import algorithms
+
+    old = {"seed": 1, "algorithm": {"name": "fomaml", "inner_steps": 3}}
+    cfg = from_dict(old)
+    assert cfg.algorithm.config == algorithms.get("fomaml").make_config(inner_steps=3)
+    assert cfg.algorithm.config.first_order is True  # type: ignore[attr-defined]
+    assert from_dict({}).algorithm == RunConfig().algorithm
+
+
+def test_unknown_algorithm_option_is_one_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"inner_lrr.*did you mean 'inner_lr'"):
+        load_config(overrides=["algorithm.name=maml", "algorithm.inner_lrr=0.1"])
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(overrides=["algorithm.name=maml", "algorithm.inner_lr=fast"])
+
+
+def test_the_engine_side_config_module_reads_no_files():
+    """`metazoo.config` is the dataclasses only: YAML and presets are `metazoo.config_files`."""
+    code = "import sys, metazoo.config; print('yaml' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"
+    assert not hasattr(metazoo.config, "load_config")

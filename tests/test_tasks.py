@@ -80,3 +80,33 @@ def test_rotations_make_new_classes(dataset):
     assert r.num_classes == 4 * dataset.num_classes and len(r) == 4 * len(dataset)
     first = r.images[int(r.class_offsets[dataset.num_classes])]
     assert torch.equal(first, torch.rot90(dataset.images[0], 1, dims=(1, 2)))
+
+
+def test_make_task_source_gives_episodes_of_a_split_with_its_input_shape(synthetic_data):
+    from metazoo.tasks import make_task_source
+
+    src = make_task_source(synthetic_data, "val", ways=4, shots=2, queries=3, seed=5,
+                           image_size=16)
+    assert isinstance(src, EpisodeSampler) and src.input_shape == (1, 16, 16)
+    expected = EpisodeSampler(make_dataset(classes=12, per_class=8, name="synthetic/val",
+                                           size=16, seed=1), 4, 2, 3, seed=5).batch(3, 2)
+    got = src.batch(3, 2)
+    assert torch.equal(got.support_x, expected.support_x)
+    assert torch.equal(got.query_y, expected.query_y)
+
+
+def test_make_task_source_gives_sinusoid_tasks_for_the_regression_dataset():
+    from metazoo.tasks import SinusoidTasks, make_task_source
+
+    src = make_task_source("sinusoid", "test", ways=5, shots=4, queries=6, seed=2)
+    assert isinstance(src, SinusoidTasks) and src.input_shape == (1,) and src.ways == 1
+    ref = SinusoidTasks(shots=4, queries=6, seed=2, split="test").batch(1, 3)
+    assert torch.equal(src.batch(1, 3).query_y, ref.query_y)
+
+
+def test_make_task_source_refuses_unknown_names():
+    from metazoo.errors import ConfigError
+    from metazoo.tasks import make_task_source
+
+    with pytest.raises(ConfigError, match="unknown dataset 'glyps'; did you mean 'glyphs'"):
+        make_task_source("glyps", "train", ways=5, shots=1, queries=1, seed=0)

@@ -1,7 +1,8 @@
 """metazoo: meta-learning and few-shot learning on PyTorch 2.
 
-Tasks come from `metazoo.data` and `metazoo.tasks`, backbones from `metazoo.models`, methods from
-`metazoo.algorithms`; `metazoo.engine` trains and evaluates them.
+Classes and examples come from `metazoo.data`, tasks made of them from `metazoo.tasks`, backbones
+from `metazoo.models`, methods from `metazoo.algorithms`; `metazoo.engine` trains and evaluates
+them.
 """
 
 from __future__ import annotations

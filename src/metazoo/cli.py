@@ -16,7 +16,7 @@ from metazoo.errors import MetazooError
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from metazoo import algorithms
-    from metazoo.config import preset_names
+    from metazoo.config_files import preset_names
     from metazoo.data import list_datasets
 
     what = args.what
@@ -43,7 +43,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def algorithm_table() -> str:
     """The README's algorithm table (Markdown), made from the registry and the presets."""
     from metazoo import algorithms
-    from metazoo.config import preset_names
+    from metazoo.config_files import preset_names
 
     rows = ["| family | algorithm | paper | file | presets |", "|---|---|---|---|---|"]
     presets = preset_names()
@@ -57,12 +57,13 @@ def algorithm_table() -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from metazoo.config import load_config
+    from metazoo.config_files import load_config
+    from metazoo.engine.run import CHECKPOINT
     from metazoo.engine.train import train
 
     cfg = load_config(args.preset, args.config, args.set)
     out = Path(args.out or f"runs/{args.preset or 'default'}")
-    if not args.resume and (out / "checkpoint.safetensors").exists():
+    if not args.resume and (out / CHECKPOINT).exists():
         raise MetazooError(f"'{out}' already holds a run; pass --resume to continue it or "
                            "--out NEW_DIR to start another")
     train(cfg, out, resume=args.resume)
@@ -71,40 +72,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from metazoo.engine.evaluate import evaluate
-    from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
-
-    run = Path(args.run_dir)
-    cfg, alg = load_run(run, data_root=args.data_root, algorithm_options=args.set)
-    device = resolve_device(cfg.train.device)
-    alg.to(device)
     if args.oneshot_runs:
-        from metazoo.engine.oneshot import evaluate_oneshot
+        from metazoo.engine.oneshot import evaluate_oneshot_run
 
-        oneshot = evaluate_oneshot(alg, Path(args.oneshot_runs), cfg.data.image_size, device)
-        write_json(run / "oneshot_results.json", oneshot)
+        evaluate_oneshot_run(args.run_dir, args.oneshot_runs, data_root=args.data_root,
+                             options=args.set)  # prints the error rate of every run
         return 0
-    ev = replace(cfg.eval, episodes=args.episodes or cfg.eval.episodes,
-                 split=args.split or cfg.eval.split)
-    for key in ("ways", "shots", "queries"):
-        if getattr(args, key):
-            ev = replace(ev, **{key: getattr(args, key)})
-    cfg = replace(cfg, eval=ev)
-    alg.check_ways(ev.ways)
-    result = evaluate(alg, task_source(cfg, ev.split, training=False), episodes=ev.episodes,
-                      batch_size=ev.batch_size, split=ev.split, device=device)
-    print(result.line())
-    from metazoo.engine.train import batch_norm_mode
+    from metazoo.engine.evaluate import evaluate_run
 
-    # results.json holds the run's own settings; other settings get their own file
-    name = RESULTS if not args.set else "results.{}.json".format(
-        ",".join(s.removeprefix("algorithm.") for s in args.set))
-    write_json(run / name, {**result.to_json(), "algorithm": cfg.algorithm.name,
-                            "options": args.set, "dataset": cfg.data.name,
-                            "batch_norm": batch_norm_mode(alg), "device": str(device)})
-    print(f"written: {run / name}")
+    result, path = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
+                                ways=args.ways, shots=args.shots, queries=args.queries,
+                                data_root=args.data_root, options=args.set)
+    print(result.line())
+    print(f"written: {path}")
     return 0
 
 

@@ -1,25 +1,24 @@
-"""Typed run configuration: dataclasses, YAML presets and `--set key=value` overrides.
+"""The typed configuration of a run: the dataclasses the engine reads, and their range checks.
 
-A run is described by one `RunConfig`. Presets (`presets/*.yaml`) set only what differs from the
-defaults; `--set train.outer_lr=0.0005` overrides single values. Every key and value is checked
-against the dataclass field types (and, for `algorithm.*`, against the algorithm's own config), so
-a typo is a one-line `ConfigError` with a suggestion rather than a silently ignored setting.
+A run is described by one `RunConfig`: sections `data`, `model`, `train`, `eval`, and `algorithm`,
+which holds the algorithm's own config instance (`AlgorithmChoice`). Field types (`Literal`
+choices included) are checked where plain data becomes a config, once, by `metazoo.fields`;
+`RunConfig.validate` adds the range checks. Reading YAML, presets and `--set key=value` is the
+CLI side: `metazoo.config_files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import TYPE_CHECKING, Any, Literal
 
 from metazoo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from metazoo.algorithms.base import AlgorithmConfig
+
+DEFAULT_ALGORITHM = "protonet"
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,9 @@ class ModelConfig:
     blocks: int = 4  # conv4: number of conv blocks
     pools: int | None = None  # conv4: leading blocks that max-pool (None: all; Relation Net: 2)
     widths: tuple[int, ...] = (40, 40)  # mlp: hidden layer widths
+    activation: Literal["relu", "tanh"] = "relu"  # mlp: ReLU (MAML), tanh (ALPaCA)
+    channels: tuple[int, ...] | None = None  # resnet12, r2d2_conv: block widths (None: paper's)
+    dropout: float | None = None  # resnet12 drop rate, r2d2_conv last blocks' (None: paper's)
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,33 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class AlgorithmChoice:
-    name: str = "protonet"
-    options: dict[str, Any] = field(default_factory=dict)  # fields of the algorithm's config
+    """An algorithm by name, with its own config (a dataclass of `algorithms.get(name).config`)."""
+
+    name: str
+    config: AlgorithmConfig
+
+    @classmethod
+    def of(cls, name: str, **options: Any) -> AlgorithmChoice:
+        """Algorithm `name` with its registered defaults, then `options` (checked and coerced by
+        the algorithm's spec: `metazoo.algorithms.get(name).make_config`)."""
+        from metazoo import algorithms
+
+        return cls(name, algorithms.get(name).make_config(**options))
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"name": ..., **every field of the config}`, tuples as lists (JSON, YAML)."""
+        fields = {f.name: _plain(getattr(self.config, f.name))
+                  for f in dataclasses.fields(self.config)}
+        return {"name": self.name, **fields}
+
+
+def _default_algorithm() -> AlgorithmChoice:
+    return AlgorithmChoice.of(DEFAULT_ALGORITHM)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (also nested) as lists, for JSON and YAML."""
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 @dataclass(frozen=True)
@@ -84,203 +111,42 @@ class RunConfig:
     seed: int = 0  # seeds initial weights and every episode
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    algorithm: AlgorithmChoice = AlgorithmChoice()
+    algorithm: AlgorithmChoice = field(default_factory=_default_algorithm)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, with the algorithm's options flattened next to its name."""
-        d = dataclasses.asdict(self)
-        algo = d.pop("algorithm")
-        d["algorithm"] = {"name": algo["name"], **algo["options"]}
-        for section in ("data", "model", "train", "eval"):
-            d[section] = {k: list(v) if isinstance(v, tuple) else v
-                          for k, v in d[section].items()}
+        """Plain nested dicts (as `config.json` holds them), the algorithm's options flattened
+        next to its name."""
+        d: dict[str, Any] = {"seed": self.seed}
+        for name in SECTIONS:
+            d[name] = {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+        d["algorithm"] = self.algorithm.to_dict()
         return d
 
-
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
-
-
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """`value` as type `tp` (int, float, bool, str, Optional, Literal, tuple[int, ...])."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], key)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            choices = ", ".join(map(str, typing.get_args(tp)))
-            raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list like [40, 40]; got {value!r}")
-        item = typing.get_args(tp)[0]
-        return tuple(coerce(v, item, key) for v in value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false; got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer; got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number; got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string; got {value!r}")
-        return value
-    return value
+    def validate(self) -> None:
+        """Range checks of the sections (types were checked when the values were read)."""
+        d, t, e = self.data, self.train, self.eval
+        positive = {
+            "data.ways": d.ways, "data.shots": d.shots, "data.image_size": d.image_size,
+            "train.meta_batch_size": t.meta_batch_size, "eval.ways": e.ways,
+            "eval.shots": e.shots, "eval.episodes": e.episodes, "eval.batch_size": e.batch_size,
+            "train.log_every": t.log_every, "train.lr_step_every": t.lr_step_every,
+            "train.checkpoint_every": t.checkpoint_every,
+        }
+        for key, v in positive.items():
+            if v < 1:
+                raise ConfigError(f"{key} must be >= 1, got {v}")
+        non_negative = {"data.queries": d.queries, "eval.queries": e.queries,
+                        "train.meta_steps": t.meta_steps, "eval.every": e.every,
+                        "eval.val_episodes": e.val_episodes}
+        for key, v in non_negative.items():
+            if v < 0:
+                raise ConfigError(f"{key} must be >= 0, got {v}")
+        if t.outer_lr <= 0:
+            raise ConfigError(f"train.outer_lr must be > 0, got {t.outer_lr}")
 
 
-def _section(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"unknown config key '{prefix}.{key}'{_suggest(key, known)}")
-    return cls(**{k: coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()})
-
-
-def _algorithm(values: dict[str, Any]) -> AlgorithmChoice:
-    from metazoo.algorithms import get
-
-    values = dict(values)
-    name = values.pop("name", AlgorithmChoice.name)
-    spec = get(str(name))
-    hints = typing.get_type_hints(spec.config)
-    known = [f.name for f in dataclasses.fields(spec.config)]
-    options = {}
-    for key, v in values.items():
-        if key not in known:
-            raise ConfigError(f"algorithm '{name}' has no option 'algorithm.{key}'"
-                              f"{_suggest(key, known)}")
-        options[key] = coerce(v, hints[key], f"algorithm.{key}")
-    spec.make_config(**options)  # validates values now, not at training time
-    return AlgorithmChoice(str(name), options)
-
-
-def from_dict(d: dict[str, Any]) -> RunConfig:
-    """A validated `RunConfig` from nested dicts (as read from YAML or JSON)."""
-    if not isinstance(d, dict):
-        raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
-    known = ["seed", "algorithm", *_SECTIONS]
-    kwargs: dict[str, Any] = {}
-    for key, v in d.items():
-        if key not in known:
-            raise ConfigError(f"unknown config key '{key}'{_suggest(key, known)}")
-        if key == "seed":
-            kwargs["seed"] = coerce(v, int, "seed")
-        elif not isinstance(v, dict):
-            raise ConfigError(f"config section '{key}' must be a mapping, got {v!r}")
-        elif key == "algorithm":
-            kwargs["algorithm"] = _algorithm(v)
-        else:
-            kwargs[key] = _section(_SECTIONS[key], v, key)
-    cfg = RunConfig(**kwargs)
-    _check_ranges(cfg)
-    return cfg
-
-
-def _check_ranges(cfg: RunConfig) -> None:
-    positive = {
-        "data.ways": cfg.data.ways, "data.shots": cfg.data.shots,
-        "data.image_size": cfg.data.image_size, "train.meta_batch_size": cfg.train.meta_batch_size,
-        "eval.ways": cfg.eval.ways, "eval.shots": cfg.eval.shots,
-        "eval.episodes": cfg.eval.episodes, "eval.batch_size": cfg.eval.batch_size,
-        "train.log_every": cfg.train.log_every, "train.lr_step_every": cfg.train.lr_step_every,
-        "train.checkpoint_every": cfg.train.checkpoint_every,
-    }
-    for key, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{key} must be >= 1, got {v}")
-    non_negative = {"data.queries": cfg.data.queries, "eval.queries": cfg.eval.queries,
-                    "train.meta_steps": cfg.train.meta_steps, "eval.every": cfg.eval.every,
-                    "eval.val_episodes": cfg.eval.val_episodes}
-    for key, v in non_negative.items():
-        if v < 0:
-            raise ConfigError(f"{key} must be >= 0, got {v}")
-    if cfg.train.outer_lr <= 0:
-        raise ConfigError(f"train.outer_lr must be > 0, got {cfg.train.outer_lr}")
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings to nested dict `d` (values parsed as YAML scalars)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        parts = key.strip().split(".")
-        if len(parts) == 1:
-            out[parts[0]] = value
-        elif len(parts) == 2:
-            section = out.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"'{parts[0]}' is not a config section")
-            section[parts[1]] = value
-        else:
-            raise ConfigError(f"config keys have at most two parts (section.key), got '{key}'")
-    return out
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path`; missing files and bad YAML are `ConfigError`s."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}"
-                          ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-    return data
-
-
-def preset_names() -> list[str]:
-    """Names of the bundled presets (`metazoo list presets`)."""
-    folder = resources.files("metazoo") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def preset_dict(name: str) -> dict[str, Any]:
-    """The raw mapping of preset `name`."""
-    names = preset_names()
-    if name not in names:
-        raise ConfigError(f"unknown preset '{name}'{_suggest(name, names)}; "
-                          "`metazoo list presets` shows them all")
-    path = resources.files("metazoo") / "presets" / f"{name}.yaml"
-    return read_yaml(Path(str(path)))
-
-
-def load_config(preset: str | None = None, config_file: str | Path | None = None,
-                overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then a preset or a YAML file, then `--set` overrides; validated."""
-    if preset and config_file:
-        raise ConfigError("give either --preset or --config, not both")
-    base = preset_dict(preset) if preset else read_yaml(Path(config_file)) if config_file else {}
-    return from_dict(apply_overrides(base, overrides or []))
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                             "eval": EvalConfig}
+"""The plain sections of a `RunConfig`, by key (`algorithm` is the algorithm's own config)."""

@@ -62,8 +62,9 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
     import matplotlib.pyplot as plt
     import torch
 
-    from metazoo.data.sinusoid import SinusoidTasks, curve
+    from metazoo.data.sinusoid import curve
     from metazoo.engine.run import load_run
+    from metazoo.tasks import SinusoidTasks
 
     cfg, alg = load_run(run_dir)
     src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")

@@ -8,6 +8,7 @@ the registration list, and the registry-driven contract tests run over every ent
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
 from metazoo.errors import ConfigError
@@ -40,6 +41,18 @@ class Registry(Generic[S]):
             raise RuntimeError(f"{self.kind} '{spec.name}' is registered twice")
         self._specs[spec.name] = spec
         return spec
+
+    @contextmanager
+    def temporarily(self, spec: S) -> Iterator[S]:
+        """Register `spec` for the length of a `with` block, then remove it (even on an error).
+
+        For tests that need an entry made in code, such as a small synthetic dataset.
+        """
+        self.add(spec)
+        try:
+            yield spec
+        finally:
+            del self._specs[spec.name]
 
     def get(self, name: str) -> S:
         """The spec registered as `name`; an unknown name is a `ConfigError` with a suggestion."""

@@ -185,7 +185,7 @@ def test_backbone_errors_name_the_fix():
 
 @pytest.mark.slow
 def test_learns_sinusoid_regression():
-    from metazoo.data.sinusoid import SinusoidTasks
+    from metazoo.tasks import SinusoidTasks
 
     torch.manual_seed(0)
     model = build("cavia", MLP((1,), (40, 40)), ways=1, context_dim=5, inner_steps=1)

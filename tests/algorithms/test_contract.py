@@ -12,7 +12,7 @@ import yaml
 import metazoo.algorithms as algorithms
 from metazoo import batching, models
 from metazoo.algorithms.base import Algorithm
-from metazoo.config import apply_overrides, from_dict
+from metazoo.config_files import apply_overrides, from_dict
 from metazoo.errors import ShapeError
 from metazoo.tasks import TaskBatch
 from tests.conftest import regression_batch, tiny_batch
@@ -127,11 +127,11 @@ def test_config_round_trips_through_yaml_and_set(name):
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     text = yaml.safe_dump({"algorithm": {"name": name, **options}})
     run = from_dict(yaml.safe_load(text))
-    assert spec.make_config(**run.algorithm.options) == cfg
+    assert run.algorithm.config == cfg
     field = next((f for f in dataclasses.fields(cfg) if f.type in ("float", float)), None)
     if field is not None:
         d = apply_overrides({"algorithm": {"name": name}}, [f"algorithm.{field.name}=0.25"])
-        assert from_dict(d).algorithm.options[field.name] == 0.25
+        assert getattr(from_dict(d).algorithm.config, field.name) == 0.25
 
 
 def test_registry_names_equal_file_stems_and_every_file_registers():

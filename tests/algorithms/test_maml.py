@@ -199,7 +199,7 @@ def _pre_and_post_mse(model, batch):
 
 @pytest.mark.slow
 def test_learns_sinusoid_regression():
-    from metazoo.data.sinusoid import SinusoidTasks
+    from metazoo.tasks import SinusoidTasks
 
     torch.manual_seed(0)
     model = build("maml", MLP((1,), (40, 40)), ways=1, inner_lr=0.01, eval_inner_steps=10)

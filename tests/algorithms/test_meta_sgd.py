@@ -90,7 +90,7 @@ def test_inner_loop_adapts_theta_but_not_alpha():
 
 @pytest.mark.slow
 def test_learns_sinusoid_regression():
-    from metazoo.data.sinusoid import SinusoidTasks
+    from metazoo.tasks import SinusoidTasks
 
     torch.manual_seed(0)
     model = build("meta_sgd", MLP((1,), (40, 40)), ways=1)

@@ -254,7 +254,7 @@ def _post_adaptation_mse(model, batch):
 @pytest.mark.slow
 def test_learns_sinusoid_regression():
     """Inner SGD as the paper's sine demo (lr 0.02, batches of 10, 32 steps at test)."""
-    from metazoo.data.sinusoid import SinusoidTasks
+    from metazoo.tasks import SinusoidTasks
 
     def make():
         torch.manual_seed(0)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from metazoo.config import load_config
+from metazoo.config_files import load_config
 from metazoo.engine import checkpoint
 from metazoo.engine.log import read
 from metazoo.engine.run import load_run

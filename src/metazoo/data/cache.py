@@ -2,8 +2,7 @@
 
 The data root is `--data-root`, else `$METAZOO_DATA`, else `~/.cache/metazoo`. Decoded and resized
 splits are cached as safetensors under `<root>/cache/`, keyed by a hash of their source and
-transform, so images are decoded once per machine. Writes are atomic (temporary file, then
-`os.replace`).
+transform, so images are decoded once per machine. Writes are atomic (`metazoo.atomic`).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from metazoo import atomic
 from metazoo.data.base import ClassDataset
 
 
@@ -28,21 +27,6 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get("METAZOO_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "metazoo"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cache_key(**parts: Any) -> str:
@@ -68,16 +52,10 @@ def cached_dataset(cache_dir: Path | None, key: str, name: str,
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     ds = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"images": ds.images.contiguous(), "labels": ds.labels.contiguous()}, tmp)
-        atomic_write_bytes(path.with_suffix(".json"),
-                           json.dumps({"class_names": list(ds.class_names)}).encode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic.replacing(path) as tmp:  # the class names first: a split never lacks its names
+        save_file({"images": ds.images.contiguous(), "labels": ds.labels.contiguous()}, str(tmp))
+        atomic.write_text(path.with_suffix(".json"),
+                          json.dumps({"class_names": list(ds.class_names)}))
     return ds
 
 

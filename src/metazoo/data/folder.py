@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metazoo.data.base import ClassDataset
+from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, resolve_root
 from metazoo.data.images import is_grayscale, list_images, open_image, to_gray, to_rgb
 from metazoo.data.omniglot import writable_cache_dir
@@ -173,3 +173,7 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
         return everything
     chosen = split_classes(len(names), seed)[split]
     return everything.select_classes(chosen, f"folder/{split}")
+
+
+SPEC = DatasetSpec("folder", load, "images", SPLITS,
+                   "your images: data.root/<class>/<image>, classes split by seed", True)

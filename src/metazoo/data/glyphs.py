@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metazoo.data.base import ClassDataset
+from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, resolve_root
 from metazoo.errors import ConfigError
 
@@ -240,3 +240,7 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
         return cached_dataset(_writable_cache(root, key), key, f"glyphs/{split}", build)
     except OSError:  # the cache could not be written (disk full, read-only): use what we built
         return built[0] if built else _build(split, image_size)
+
+
+SPEC = DatasetSpec("glyphs", load, "images", tuple(SPLITS),
+                   "procedurally drawn characters, 28x28; the embedded default", False, True)

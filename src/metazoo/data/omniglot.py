@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from metazoo.data.base import ClassDataset
+from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, image_tensor, resolve_root
 from metazoo.data.download import download as fetch
 from metazoo.data.images import decode_gray
@@ -206,3 +206,8 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
     chosen = sorted(index[c] for c in vinyals_split(everything.class_names)[split])
     return everything.select_classes(chosen, f"omniglot/{split}").with_rotations(
         f"omniglot/{split}")
+
+
+SPEC = DatasetSpec("omniglot", load, "images", SPLITS,
+                   "Lake et al. 2015; Vinyals split, rotations as classes for training",
+                   True, True)

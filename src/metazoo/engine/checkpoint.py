@@ -1,15 +1,15 @@
 """Checkpoints: one safetensors file holding the tensors, with the rest as JSON in its metadata.
 
-One file per checkpoint keeps a save atomic (temporary file, then `os.replace`): a run killed at
-any moment leaves either the previous checkpoint or the new one, never a broken one. Nothing is
-unpickled on load.
+One file per checkpoint keeps a save atomic (`metazoo.atomic`): a run killed at any moment leaves
+either the previous checkpoint or the new one, never a broken one. Nothing is unpickled on load.
+The algorithm's weights are stored under `model.<name>` (`model_tensors`, `model_state`), next to
+the optimiser's `optim.<param>.<key>`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from metazoo import atomic
 from metazoo.errors import CheckpointError
 
 _META_KEY = "metazoo"
+MODEL_PREFIX = "model."
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write `tensors` and JSON-serialisable `meta` to `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(flat, tmp, metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic.replacing(path) as tmp:
+        save_file(flat, str(tmp), metadata={_META_KEY: json.dumps(meta)})
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -48,6 +44,16 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' is damaged ({e}); delete it or retrain"
                               ) from None
+
+
+def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An algorithm's `state_dict()` as checkpoint tensors (`model.<name>`)."""
+    return {MODEL_PREFIX + k: v for k, v in state.items()}
+
+
+def model_state(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The algorithm's `state_dict` in checkpoint tensors (`model.<name>`, prefix removed)."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
 
 
 def optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

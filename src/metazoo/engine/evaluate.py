@@ -1,20 +1,23 @@
 """Evaluation on fixed episodes: mean accuracy (or MSE) and its 95% confidence interval.
 
 Episode `e` of a split is the same for every method and every batch size (episodes are pure
-functions of (seed, split, e)), so numbers from different runs are comparable.
+functions of (seed, split, e)), so numbers from different runs are comparable. `evaluate_run` is
+what `metazoo eval RUN_DIR` does, from the Python API.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from metazoo.algorithms.base import Algorithm
+from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
 from metazoo.metrics import accuracy, mean_and_ci95, mse
 from metazoo.tasks import TaskBatch, TaskSource
 
@@ -79,3 +82,48 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
     mean, ci = mean_and_ci95(torch.cat(values))
     return EvalResult(metric, mean, ci, episodes, source.ways, source.shots, source.queries, split,
                       time.perf_counter() - start)
+
+
+def batch_norm_mode(alg: Algorithm) -> str:
+    """How batch norm used statistics when the number was produced (recorded with results)."""
+    if getattr(alg.config, "eval_bn", "batch") == "running":  # MAML++ with per-step statistics
+        return "running"
+    return str(getattr(alg.config, "bn_mode", "transductive"))
+
+
+def results_name(options: Sequence[str] | None = None) -> str:
+    """`results.json` for the run's own settings; `results.<options>.json` (e.g.
+    `results.eval_inner_steps=1.json`) for other test-time algorithm options."""
+    if not options:
+        return RESULTS
+    return "results.{}.json".format(",".join(s.removeprefix("algorithm.") for s in options))
+
+
+def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str | None = None,
+                 ways: int | None = None, shots: int | None = None, queries: int | None = None,
+                 data_root: str | None = None, options: Sequence[str] | None = None
+                 ) -> tuple[EvalResult, Path]:
+    """Evaluate a run folder's weights on fixed episodes: what `metazoo eval RUN_DIR` does.
+
+    Settings left at None keep the run's `eval` section. `options` (`algorithm.KEY=VALUE`)
+    change test-time algorithm options only (see `load_run`).
+
+    Returns:
+        The result and the JSON file written in the run folder (`results_name(options)`).
+    """
+    run = Path(run_dir)
+    cfg, alg = load_run(run, data_root=data_root, algorithm_options=list(options or []))
+    device = resolve_device(cfg.train.device)
+    alg.to(device)
+    e = cfg.eval
+    ev = replace(e, episodes=episodes or e.episodes, split=split or e.split, ways=ways or e.ways,
+                 shots=shots or e.shots, queries=queries or e.queries)
+    cfg = replace(cfg, eval=ev)
+    alg.check_ways(ev.ways)
+    result = evaluate(alg, task_source(cfg, ev.split, training=False), episodes=ev.episodes,
+                      batch_size=ev.batch_size, split=ev.split, device=device)
+    path = run / results_name(options)
+    write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
+                      "options": list(options or []), "dataset": cfg.data.name,
+                      "batch_norm": batch_norm_mode(alg), "device": str(device)})
+    return result, path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.data.oneshot import error_rates, read_runs
+from metazoo.engine.run import load_run, resolve_device, write_json
 
 
 def evaluate_oneshot(alg: Algorithm, runs_dir: Path, image_size: int,
@@ -37,3 +39,18 @@ def evaluate_oneshot(alg: Algorithm, runs_dir: Path, image_size: int,
           f"({ways}-way one-shot)")
     return {"error_rate": rates["mean"], "runs": {k: v for k, v in rates.items() if k != "mean"},
             "ways": ways}
+
+
+def evaluate_oneshot_run(run_dir: str | Path, runs_dir: str | Path, *,
+                         data_root: str | None = None, options: Sequence[str] | None = None
+                         ) -> tuple[dict[str, Any], Path]:
+    """`evaluate_oneshot` on a run folder's weights (`metazoo eval RUN_DIR --oneshot-runs DIR`);
+    returns the results and the JSON file written (`oneshot_results.json` in the run folder)."""
+    run = Path(run_dir)
+    cfg, alg = load_run(run, data_root=data_root, algorithm_options=list(options or []))
+    device = resolve_device(cfg.train.device)
+    alg.to(device)
+    result = evaluate_oneshot(alg, Path(runs_dir), cfg.data.image_size, device)
+    path = run / "oneshot_results.json"
+    write_json(path, result)
+    return result, path

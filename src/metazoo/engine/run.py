@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from metazoo import algorithms, models
+from metazoo import algorithms, atomic, models
 from metazoo.algorithms.base import Algorithm
-from metazoo.config import RunConfig, apply_overrides, from_dict
-from metazoo.data import get_spec, load_split, make_task_source
-from metazoo.data.cache import atomic_write_bytes
+from metazoo.config import RunConfig
+from metazoo.config_files import apply_overrides, from_dict
+from metazoo.data import get_spec
 from metazoo.engine import checkpoint
 from metazoo.errors import CheckpointError, ConfigError
-from metazoo.tasks import TaskSource
+from metazoo.tasks import TaskSource, make_task_source
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,32 +42,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
-    """Shape of one input of the run's dataset (the train split decides an image's channels)."""
-    if get_spec(cfg.data.name).kind == "regression":
-        return (1,)
-    d = cfg.data
-    ds = load_split(d.name, "train", root=d.root, download=d.download, image_size=d.image_size,
-                    seed=cfg.seed)
-    return ds.image_shape
+    """Shape of one input of the run's dataset (the train split decides an image's channels).
+
+    For a run folder whose checkpoint does not record it; `train` takes it from its training
+    task source, so the split is loaded once.
+    """
+    return task_source(cfg, "train", training=True).input_shape
 
 
 def build_algorithm(cfg: RunConfig, shape: tuple[int, ...]) -> Algorithm:
     """Backbone and algorithm of `cfg`, with initial weights drawn from `cfg.seed`."""
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    if m.name == "mlp":
-        backbone = models.build("mlp", input_shape=shape, hidden=m.widths)
-    else:
-        backbone = models.build(m.name, input_shape=shape, hidden=m.hidden, blocks=m.blocks,
-                                pools=m.pools)
+    backbone = models.build_from_config(cfg.model, shape)
     regression = get_spec(cfg.data.name).kind == "regression"
     spec = algorithms.get(cfg.algorithm.name)
     task = "regression" if regression else "classification"
     if task not in spec.tasks:
         raise ConfigError(f"algorithm '{spec.name}' does not do {task}; choose another dataset "
                           "or algorithm")
-    alg = algorithms.build(cfg.algorithm.name, backbone, ways=1 if regression else cfg.data.ways,
-                           **cfg.algorithm.options)
+    alg = algorithms.build_with(cfg.algorithm.name, backbone,
+                                ways=1 if regression else cfg.data.ways,
+                                config=cfg.algorithm.config)
     if alg.fixed_ways and not regression and cfg.eval.ways != cfg.data.ways:
         raise ConfigError(f"{spec.display} meta-learns a {cfg.data.ways}-way head; set "
                           f"eval.ways={cfg.data.ways} or train with data.ways={cfg.eval.ways}")
@@ -75,7 +70,8 @@ def build_algorithm(cfg: RunConfig, shape: tuple[int, ...]) -> Algorithm:
 
 
 def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
-    """Training episodes (`data.ways/shots/queries`) or evaluation ones (`eval.*`) of `split`."""
+    """Training episodes (`data.ways/shots/queries`) or evaluation ones (`eval.*`) of `split`;
+    its `input_shape` is what the backbone is built for."""
     shape = cfg.data if training else cfg.eval
     d = cfg.data
     return make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
@@ -84,7 +80,8 @@ def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
 
 
 def write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    """`data` as indented JSON, written atomically."""
+    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -121,9 +118,8 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
     tensors, meta = checkpoint.load(weights)
     shape = tuple(meta.get("input_shape") or input_shape(cfg))
     alg = build_algorithm(cfg, shape)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        alg.load_state_dict(state)
+        alg.load_state_dict(checkpoint.model_state(tensors))
     except RuntimeError as e:
         raise CheckpointError(f"weights in '{weights}' do not fit the run's config: "
                               f"{str(e).splitlines()[0]}") from None

@@ -22,7 +22,7 @@ from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
 from metazoo.engine import checkpoint
-from metazoo.engine.evaluate import EvalResult, evaluate
+from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
 from metazoo.engine.run import (
     BEST,
@@ -30,7 +30,6 @@ from metazoo.engine.run import (
     CONFIG,
     RESULTS,
     build_algorithm,
-    input_shape,
     read_config,
     resolve_device,
     task_source,
@@ -65,7 +64,7 @@ def _better(result: EvalResult, best: float | None) -> bool:
 
 def _save_state(path: Path, alg: Algorithm, opt: torch.optim.Optimizer, step: int,
                 best: float | None, shape: tuple[int, ...]) -> None:
-    tensors = {f"model.{k}": v for k, v in alg.state_dict().items()}
+    tensors = checkpoint.model_tensors(alg.state_dict())
     opt_tensors, opt_meta = checkpoint.optimizer_to_flat(opt.state_dict())
     tensors.update(opt_tensors)
     checkpoint.save(path, tensors, {"step": step, "best": best, "optimizer": opt_meta,
@@ -74,7 +73,7 @@ def _save_state(path: Path, alg: Algorithm, opt: torch.optim.Optimizer, step: in
 
 def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
                shape: tuple[int, ...]) -> None:
-    tensors = {f"model.{k}": v for k, v in alg.state_dict().items()}
+    tensors = checkpoint.model_tensors(alg.state_dict())
     checkpoint.save(path, tensors, {"step": step, "val": result.to_json(),
                                     "input_shape": list(shape)})
 
@@ -98,13 +97,14 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     write_json(run_dir / CONFIG, cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
-    shape = tuple(state[1]["input_shape"]) if state else input_shape(cfg)
+    train_src = task_source(cfg, "train", training=True)  # the train split, loaded once
+    shape = tuple(state[1]["input_shape"]) if state else train_src.input_shape
     alg = build_algorithm(cfg, shape).to(device)
     opt = make_optimizer(alg, cfg.train)
     if state is not None:
         tensors, meta = state
         try:
-            alg.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            alg.load_state_dict(checkpoint.model_state(tensors))
             opt.load_state_dict(checkpoint.optimizer_from_flat(tensors, meta["optimizer"]))
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint in '{run_dir}' does not fit its config: "
@@ -115,7 +115,6 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
         for group in opt.param_groups:
             group["lr"] = cfg.train.outer_lr * lr_factor(cfg.train, start_step)
 
-    train_src = task_source(cfg, "train", training=True)
     val_src = (task_source(cfg, "val", training=False)
                if cfg.eval.every and cfg.eval.val_episodes else None)
     log = MetricsLog(run_dir, resume_step=start_step if resume else None,
@@ -181,7 +180,7 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm,
     weights = "last"
     if (run_dir / BEST).exists():
         tensors, _ = checkpoint.load(run_dir / BEST)
-        alg.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        alg.load_state_dict(checkpoint.model_state(tensors))
         weights = "best"
     src = task_source(cfg, cfg.eval.split, training=False)
     result = evaluate(alg, src, episodes=cfg.eval.episodes, batch_size=cfg.eval.batch_size,
@@ -191,10 +190,3 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm,
     write_json(run_dir / RESULTS, out)
     print(result.line())
     return out
-
-
-def batch_norm_mode(alg: Algorithm) -> str:
-    """How batch norm used statistics when the number was produced (recorded with results)."""
-    if getattr(alg.config, "eval_bn", "batch") == "running":  # MAML++ with per-step statistics
-        return "running"
-    return str(getattr(alg.config, "bn_mode", "transductive"))

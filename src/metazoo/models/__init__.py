@@ -1,32 +1,119 @@
-"""Backbones: plain `nn.Module` feature extractors with a `feature_dim` attribute and no head."""
+"""Backbones: plain `nn.Module` feature extractors with a `feature_dim` attribute and no head.
+
+Each backbone is one `BackboneSpec` in `BACKBONES`, registered below (the list is the
+registration list): `cls` is the module class (`build(name, **kwargs)` calls it) and `build`
+makes it from a run's `model` config and the input shape (what `metazoo train` does). The
+contract tests (`tests/models/test_contract.py`) run over every entry.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
 from metazoo.errors import ConfigError
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
+from metazoo.models.r2d2_conv import R2D2Conv
+from metazoo.models.resnet12 import ResNet12
+from metazoo.registry import Registry
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "mlp": MLP}
+if TYPE_CHECKING:
+    from metazoo.config import ModelConfig
+
+InputKind = Literal["image", "vector"]  # (C, H, W) or (D,)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone the library knows.
+
+    Attributes:
+        name: the `model.name` of a config.
+        cls: the module class; `models.build(name, **kwargs)` calls it.
+        build: `build(model_config, input_shape)`, the module a run's `model` section describes.
+        description: one line.
+        inputs: the input kinds it takes.
+    """
+
+    name: str
+    cls: Callable[..., nn.Module]
+    build: Callable[[ModelConfig, tuple[int, ...]], nn.Module]
+    description: str
+    inputs: tuple[InputKind, ...]
+
+
+def _conv4(m: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    return Conv4(input_shape=input_shape, hidden=m.hidden, blocks=m.blocks, pools=m.pools)
+
+
+def _mlp(m: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    return MLP(input_shape=input_shape, hidden=m.widths, activation=m.activation)
+
+
+def _given(m: ModelConfig, **names: str) -> dict[str, Any]:
+    """The options of `m` that are set (not None), under the constructor's argument names."""
+    return {arg: getattr(m, field) for arg, field in names.items()
+            if getattr(m, field) is not None}
+
+
+def _resnet12(m: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    return ResNet12(input_shape=input_shape,
+                    **_given(m, widths="channels", drop_rate="dropout"))
+
+
+def _r2d2_conv(m: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    options = _given(m, widths="channels")
+    if m.dropout is not None:  # the paper's dropout sits in the last two blocks
+        options["dropout"] = (0.0, 0.0, m.dropout, m.dropout)
+    return R2D2Conv(input_shape=input_shape, **options)
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "metazoo.models.names()")
+BACKBONES.add(BackboneSpec("conv4", Conv4, _conv4, "Vinyals et al. 2016: 4 x (conv 3x3, batch "
+                           "norm, ReLU, 2x2 max-pool); model.hidden, blocks, pools", ("image",)))
+BACKBONES.add(BackboneSpec("mlp", MLP, _mlp, "Linear+ReLU layers of model.widths (MAML's 40-40 "
+                           "sinusoid regressor); inputs flattened", ("vector", "image")))
+BACKBONES.add(BackboneSpec("resnet12", ResNet12, _resnet12, "MetaOptNet/TADAM ResNet-12 "
+                           "(64-160-320-640, DropBlock); model.channels, dropout", ("image",)))
+BACKBONES.add(BackboneSpec("r2d2_conv", R2D2Conv, _r2d2_conv, "R2-D2's 4 conv blocks "
+                           "(96-192-384-512), features of the last two; model.channels, dropout",
+                           ("image",)))
 
 
 def names() -> list[str]:
     """Registered backbone names."""
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
-def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build backbone `name` (e.g. `build("conv4", input_shape=(1, 28, 28), hidden=64)`)."""
+def get(name: str) -> BackboneSpec:
+    """The spec of backbone `name`; an unknown name is a `ConfigError`."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}'; choose one of {', '.join(names())}")
+    return BACKBONES.get(name)
+
+
+def _checked(name: str, make: Callable[[], nn.Module]) -> nn.Module:
     try:
-        return BACKBONES[name](**kwargs)
+        return make()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"backbone '{name}': {e}") from None
 
 
-__all__ = ["MLP", "Conv4", "build", "names"]
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build backbone `name` (e.g. `build("conv4", input_shape=(1, 28, 28), hidden=64)`)."""
+    spec = get(name)
+    return _checked(name, lambda: spec.cls(**kwargs))
+
+
+def build_from_config(model: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
+    """The backbone of a run's `model` config for inputs of `input_shape`."""
+    spec = get(model.name)
+    return _checked(model.name, lambda: spec.build(model, tuple(input_shape)))
+
+
+__all__ = ["BACKBONES", "MLP", "BackboneSpec", "Conv4", "R2D2Conv", "ResNet12", "build",
+           "build_from_config", "get", "names"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 from metazoo.models.conv4 import Modulation
 from metazoo.types import Params
 
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": torch.relu, "tanh": torch.tanh}
+
 
 class MLP(nn.Module):
     """`[M, *input_shape]` -> `[M, hidden[-1]]` through Linear+ReLU layers (no head).
@@ -20,15 +23,21 @@ class MLP(nn.Module):
     Args:
         input_shape: shape of one input; flattened.
         hidden: widths of the hidden layers.
+        activation: "relu" (MAML's regressor) or "tanh" (ALPaCA's feature network).
     """
 
     def __init__(self, input_shape: tuple[int, ...] = (1,),
-                 hidden: tuple[int, ...] = (40, 40)) -> None:
+                 hidden: tuple[int, ...] = (40, 40),
+                 activation: Literal["relu", "tanh"] = "relu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {activation!r}")
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(widths):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), nn.ReLU() if activation == "relu" else nn.Tanh()]
+        self.activation = ACTIVATIONS[activation]
         self.layers = nn.Sequential(*layers)
         self.input_shape = tuple(input_shape)
         self.feature_dim = widths[-1]
@@ -56,5 +65,5 @@ class MLP(nn.Module):
                 scale, shift = film
                 x = x if scale is None else x * scale
                 x = x if shift is None else x + shift
-            x = torch.relu(x)
+            x = self.activation(x)
         return x

@@ -1,12 +1,13 @@
-"""Sinusoid tasks: shapes, targets against an independent formula, ranges, determinism."""
+"""Sinusoid tasks (metazoo.tasks): shapes, targets against a formula, ranges, determinism."""
 
 import math
 
 import pytest
 import torch
 
-from metazoo.data.sinusoid import SinusoidTasks, curve
+from metazoo.data.sinusoid import curve
 from metazoo.errors import ConfigError
+from metazoo.tasks import SinusoidTasks
 
 
 def test_shapes_and_dtypes():

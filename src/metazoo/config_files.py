@@ -1,0 +1,116 @@
+"""Config files and overrides, the CLI side of `metazoo.config`: YAML presets and files,
+`--set key=value`, and plain nested dicts (YAML, `config.json`) into a validated `RunConfig`.
+
+Presets (`presets/*.yaml`) set only what differs from the defaults; `--set train.outer_lr=0.0005`
+overrides single values. Every key and value is checked against the dataclass field types by
+`metazoo.fields` (and, for `algorithm.*`, by the algorithm's spec), so a typo is a one-line
+`ConfigError` with a suggestion rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metazoo.config import DEFAULT_ALGORITHM, SECTIONS, AlgorithmChoice, RunConfig
+from metazoo.errors import ConfigError
+from metazoo.fields import coerce, did_you_mean, from_mapping
+
+
+def algorithm_choice(values: Mapping[str, Any]) -> AlgorithmChoice:
+    """The `algorithm` section (`name` plus options) as an `AlgorithmChoice`; options not given
+    keep the algorithm's defaults, so an older `config.json` with fewer options still reads."""
+    options = dict(values)
+    name = str(options.pop("name", DEFAULT_ALGORITHM))
+    return AlgorithmChoice.of(name, **options)
+
+
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """A validated `RunConfig` from nested dicts (as read from YAML or JSON)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
+    known = ["seed", "algorithm", *SECTIONS]
+    kwargs: dict[str, Any] = {}
+    for key, v in d.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}")
+        if key == "seed":
+            kwargs["seed"] = coerce(v, int, "seed")
+        elif not isinstance(v, Mapping):
+            raise ConfigError(f"config section '{key}' must be a mapping, got {v!r}")
+        elif key == "algorithm":
+            kwargs["algorithm"] = algorithm_choice(v)
+        else:
+            kwargs[key] = from_mapping(SECTIONS[key], v, key)
+    cfg = RunConfig(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+def apply_overrides(d: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings to nested dict `d` (values parsed as YAML scalars)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        if len(parts) == 1:
+            out[parts[0]] = value
+        elif len(parts) == 2:
+            section = out.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"'{parts[0]}' is not a config section")
+            section[parts[1]] = value
+        else:
+            raise ConfigError(f"config keys have at most two parts (section.key), got '{key}'")
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from `path`; missing files and bad YAML are `ConfigError`s."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}"
+                          ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return data
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets (`metazoo list presets`)."""
+    folder = resources.files("metazoo") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw mapping of preset `name`."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset '{name}'{did_you_mean(name, names)}; "
+                          "`metazoo list presets` shows them all")
+    path = resources.files("metazoo") / "presets" / f"{name}.yaml"
+    return read_yaml(Path(str(path)))
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then a preset or a YAML file, then `--set` overrides; validated."""
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    base = preset_dict(preset) if preset else read_yaml(Path(config_file)) if config_file else {}
+    return from_dict(apply_overrides(base, overrides or []))

@@ -1,0 +1,71 @@
+"""`metazoo eval` from the Python API (`evaluate_run`), and what a run loads."""
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from metazoo.config_files import load_config
+from metazoo.data import DATASETS, DatasetSpec
+from metazoo.engine.evaluate import evaluate, evaluate_run, results_name
+from metazoo.engine.run import load_run, task_source
+from metazoo.engine.train import train
+from metazoo.errors import ConfigError
+from tests.conftest import make_dataset
+
+FAST = ["model.hidden=8", "train.progress=false", "train.meta_steps=4", "train.tensorboard=false",
+        "eval.every=2", "eval.val_episodes=4", "eval.episodes=10", "eval.queries=3",
+        "data.queries=3"]
+
+
+def test_evaluate_run_overrides_eval_settings_and_writes_the_results(tmp_path, synthetic_data):
+    run = tmp_path / "run"
+    train(load_config(overrides=[f"data.name={synthetic_data}", *FAST]), run)
+    result, path = evaluate_run(run, episodes=7, ways=3, shots=2, split="val")
+    assert path == run / "results.json"
+    assert (result.episodes, result.ways, result.shots, result.queries, result.split) == (
+        7, 3, 2, 3, "val")
+    written = json.loads(path.read_text())
+    assert written["accuracy"] == result.mean and written["episodes"] == 7
+    assert written["options"] == [] and written["dataset"] == synthetic_data
+    # the same number as evaluating the loaded run by hand
+    cfg, alg = load_run(run)
+    cfg = replace(cfg, eval=replace(cfg.eval, ways=3, shots=2))
+    by_hand = evaluate(alg, task_source(cfg, "val", training=False), episodes=7,
+                       batch_size=cfg.eval.batch_size, split="val")
+    assert by_hand.mean == result.mean and by_hand.ci95 == result.ci95
+
+
+def test_evaluate_run_with_options_writes_its_own_file(tmp_path):
+    run = tmp_path / "rep"
+    train(load_config("reptile-sinusoid", overrides=[
+        "train.meta_steps=2", "eval.episodes=3", "train.progress=false",
+        "train.tensorboard=false"]), run)
+    own = (run / "results.json").read_text()
+    result, path = evaluate_run(run, episodes=3, options=["algorithm.eval_inner_steps=1"])
+    assert path == run / "results.eval_inner_steps=1.json" and result.metric == "mse"
+    assert json.loads(path.read_text())["options"] == ["algorithm.eval_inner_steps=1"]
+    assert (run / "results.json").read_text() == own
+    with pytest.raises(ConfigError, match="test-time"):
+        evaluate_run(run, options=["train.meta_steps=9"])
+
+
+def test_results_name():
+    assert results_name() == results_name([]) == "results.json"
+    assert results_name(["algorithm.a=1", "algorithm.b=x"]) == "results.a=1,b=x.json"
+
+
+def test_a_run_loads_each_split_once(tmp_path):
+    """The train split is loaded once per run (its input shape comes from the task source)."""
+    loads: Counter[str] = Counter()
+    seeds = {"train": 0, "val": 1, "test": 2}
+
+    def load(split, *, root, download, image_size, seed):
+        loads[split] += 1
+        return make_dataset(classes=24 if split == "train" else 12, per_class=8,
+                            name=f"counted/{split}", size=image_size, seed=seeds[split])
+
+    with DATASETS.temporarily(DatasetSpec("counted", load, "images", tuple(seeds), "", False)):
+        train(load_config(overrides=["data.name=counted", *FAST]), tmp_path / "run")
+    assert loads == {"train": 1, "val": 1, "test": 1}
