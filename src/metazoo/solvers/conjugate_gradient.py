@@ -1,13 +1,13 @@
-"""Numerical solvers shared by several algorithms, each tested once against a reference.
+"""Conjugate gradient: `A x = b` for a symmetric positive definite `A` given as a product.
 
-* `conjugate_gradient`: solves `A x = b` for a symmetric positive definite `A` given only as a
-  matrix-vector product (Hestenes and Stiefel 1952; Nocedal and Wright, *Numerical
-  Optimization*, Algorithm 5.2). iMAML (Rajeswaran et al. 2019) solves
-  `(I + H / lambda) g = grad L_test` with it, `H v` being a Hessian-vector product.
+The method of Hestenes and Stiefel (1952), as Algorithm 5.2 of Nocedal and Wright, *Numerical
+Optimization* (2nd ed.), stopped like truncated Newton-CG (their Algorithm 7.1) at a direction of
+non-positive curvature. iMAML (Rajeswaran et al. 2019) solves `(I + H / lambda) g = grad L_test`
+with it, `H v` being a Hessian-vector product.
 
-Solvers accept a plain tensor or a `Params` dict (one tensor per parameter name) as the vector:
-the dict form lets an algorithm work on a network's parameters without flattening them. They are
-written with ordinary tensor operations, so they are differentiable when their inputs are.
+It accepts a plain tensor or a `Params` dict (one tensor per parameter name) as the vector: the
+dict form lets an algorithm work on a network's parameters without flattening them. It is written
+with ordinary tensor operations, so it is differentiable when its inputs are.
 """
 
 from __future__ import annotations
