@@ -49,3 +49,22 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from metazoo.tasks import TaskBatch\n    import yaml\n")
     assert {"metazoo.tasks", "metazoo.tasks.TaskBatch", "yaml"} <= _imports(f)
+
+
+def test_no_algorithm_file_imports_a_private_name_of_another():
+    for path in _files("algorithms"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "metazoo.algorithms."):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+def test_no_private_torch_api_in_algorithms_or_models():
+    for package in ("algorithms", "models"):
+        for path in _files(package):
+            assert "torch._C" not in path.read_text(), f"{package}/{path.name}"
+
+
+def test_batching_imports_no_algorithm():
+    assert not {m for m in _imports(SRC / "batching.py") if m.startswith("metazoo.algorithms")}

@@ -9,24 +9,27 @@ the spec (family, paper, config class).
 from __future__ import annotations
 
 from metazoo.algorithms import (  # noqa: F401  (imported to register)
+    alpaca,
     anil,
     cavia,
     gnn,
     imaml,
     imp,
+    lrd2,
     maml,
     maml_pp,
     matching,
     meta_lstm,
     meta_sgd,
+    metaoptnet_svm,
     protonet,
+    r2d2,
     relation,
     reptile,
     siamese,
 )
-from metazoo.algorithms.base import (
-    Algorithm,
-    AlgorithmConfig,
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
+from metazoo.algorithms.registry import (
     AlgorithmSpec,
     build,
     build_with,
@@ -35,8 +38,9 @@ from metazoo.algorithms.base import (
     register,
 )
 
-SHARED_MODULES = ("base", "networks")
-"""Modules of this package that register nothing: the base class and the shared network."""
+SHARED_MODULES = ("base", "networks", "registry")
+"""Modules of this package that register nothing: the base class, the shared network and the
+registry."""
 
 __all__ = ["Algorithm", "AlgorithmConfig", "AlgorithmSpec", "build", "build_with", "get",
            "names", "register"]

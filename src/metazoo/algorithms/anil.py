@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metazoo.adaptation import first_order_now, supervised_loss
-from metazoo.algorithms.base import register
 from metazoo.algorithms.networks import InnerLoopAlgorithm, InnerLoopConfig
+from metazoo.algorithms.registry import register
 from metazoo.functional import call, split_params, strip_prefix
 from metazoo.inner_loop import sgd_steps
 from metazoo.types import Params

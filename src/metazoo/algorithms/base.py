@@ -1,29 +1,27 @@
-"""The `Algorithm` contract, its per-algorithm config, and the registry.
+"""The `Algorithm` contract and the base of every algorithm's config.
 
 An algorithm maps ONE task's support set to a predictor (`adapt`, pure, unbatched shapes) and
 defines the loss a task contributes (`task_loss`); `meta_loss` overrides the mean of task losses
 only where a paper's outer objective differs. How the tasks of a meta-batch run together (loop,
 `vmap`, threads, per-task backward) is not an algorithm's business: `metazoo.batching` does it.
-Registering a class is the only step that makes it visible to the CLI, the presets, the README
-table and the contract tests.
+Registration is `metazoo.algorithms.registry`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
 from metazoo import batching
 from metazoo.adaptation import loss_and_metrics
 from metazoo.errors import ConfigError, ShapeError
-from metazoo.fields import did_you_mean, from_mapping
-from metazoo.registry import Registry
 from metazoo.tasks import TaskBatch
-from metazoo.types import Family, Predictor, TaskKind
+from metazoo.types import Predictor
+
+if TYPE_CHECKING:
+    from metazoo.algorithms.registry import AlgorithmSpec
 
 
 @dataclass(frozen=True)
@@ -33,81 +31,6 @@ class AlgorithmConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` for impossible values (subclasses extend this)."""
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """What the registry knows about an algorithm: enough for `metazoo list` and the docs."""
-
-    name: str
-    display: str
-    family: Family
-    cls: type[Algorithm]
-    config: type[AlgorithmConfig]
-    paper: str
-    tasks: frozenset[TaskKind]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-    def make_config(self, **overrides: Any) -> AlgorithmConfig:
-        """The spec's config with its registered defaults, then `overrides`, checked: types and
-        choices from the field types (`metazoo.fields`), ranges by `validate`."""
-        known = [f.name for f in dataclasses.fields(self.config)]
-        for key in overrides:
-            if key not in known:
-                raise ConfigError(f"algorithm '{self.name}' has no option '{key}'"
-                                  f"{did_you_mean(key, known)}")
-        try:
-            cfg = from_mapping(self.config, {**self.defaults, **overrides}, "algorithm")
-            cfg.validate()
-        except ConfigError as e:  # name the algorithm once
-            if str(e).startswith(f"{self.name} "):
-                raise
-            raise ConfigError(f"{self.name} {e}") from None
-        return cfg
-
-
-REGISTRY: Registry[AlgorithmSpec] = Registry("algorithm", "metazoo list algorithms")
-A = TypeVar("A", bound="type[Algorithm]")
-
-
-def register(name: str, *, display: str, family: Family, config: type[AlgorithmConfig],
-             paper: str, tasks: set[TaskKind], defaults: Mapping[str, Any] | None = None
-             ) -> Callable[[A], A]:
-    """Class decorator: register an algorithm (or, with `defaults`, a variant of one)."""
-
-    def wrap(cls: A) -> A:
-        spec = REGISTRY.add(AlgorithmSpec(name, display, family, cls, config, paper,
-                                          frozenset(tasks), dict(defaults or {})))
-        if "spec" not in cls.__dict__:  # a variant registered on the same class keeps the first
-            cls.spec = spec
-        return cls
-
-    return wrap
-
-
-def get(name: str) -> AlgorithmSpec:
-    """The spec registered as `name`; an unknown name raises `ConfigError` with a suggestion."""
-    return REGISTRY.get(name)
-
-
-def names(family: Family | None = None) -> list[str]:
-    """Registered names, optionally of one family, sorted."""
-    return [n for n in REGISTRY.names() if family is None or REGISTRY.get(n).family == family]
-
-
-def build(name: str, backbone: nn.Module, *, ways: int, **overrides: Any) -> Algorithm:
-    """Build algorithm `name` around `backbone` for `ways`-way tasks (1 for regression)."""
-    return build_with(name, backbone, ways=ways, config=get(name).make_config(**overrides))
-
-
-def build_with(name: str, backbone: nn.Module, *, ways: int, config: AlgorithmConfig
-               ) -> Algorithm:
-    """Build algorithm `name` with a config instance made by its spec (`RunConfig.algorithm`)."""
-    spec = get(name)
-    if not isinstance(config, spec.config):
-        raise ConfigError(f"algorithm '{name}' takes a {spec.config.__name__}, "
-                          f"got a {type(config).__name__}")
-    return spec.cls(backbone, config, ways=ways)
 
 
 class Algorithm(nn.Module):

@@ -39,7 +39,8 @@ from metazoo.adaptation import (
     inner_steps_now,
     supervised_loss,
 )
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call
 from metazoo.inner_loop import grads

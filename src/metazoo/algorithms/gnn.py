@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.types import Predictor
 

@@ -40,8 +40,9 @@ from metazoo.adaptation import (
     predictor,
     support_loss,
 )
-from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.networks import LinearHeadAlgorithm
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import params_of
 from metazoo.inner_loop import sgd_steps

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
 from metazoo.algorithms.protonet import prototypes, sq_distances
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.types import Predictor
 

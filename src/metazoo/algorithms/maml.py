@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from metazoo.adaptation import first_order_now, support_loss
-from metazoo.algorithms.base import register
 from metazoo.algorithms.networks import InnerLoopAlgorithm, InnerLoopConfig
+from metazoo.algorithms.registry import register
 from metazoo.inner_loop import sgd_steps
 from metazoo.types import Params
 

@@ -43,8 +43,9 @@ from metazoo.adaptation import (
     loss_and_metrics,
     supervised_loss,
 )
-from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.networks import InnerLoopConfig, LinearHeadAlgorithm
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import SECOND_ORDER_LAYOUT, BatchNorm, call, params_of
 from metazoo.inner_loop import LearningRate, sgd_steps

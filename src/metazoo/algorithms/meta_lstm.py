@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metazoo.adaptation import predictor, supervised_loss
-from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.networks import LinearHeadAlgorithm
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
 from metazoo.torch_compat import in_functorch_transform

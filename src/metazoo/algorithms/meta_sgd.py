@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from metazoo.adaptation import first_order_now, support_loss
-from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.networks import InnerLoopAlgorithm, InnerLoopConfig
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.inner_loop import sgd_steps
 from metazoo.types import Params

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from metazoo.adaptation import metrics_of, predictor, supervised_loss
-from metazoo.algorithms.base import AlgorithmConfig, register
+from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.networks import LinearHeadAlgorithm
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
 from metazoo.inner_loop import grads

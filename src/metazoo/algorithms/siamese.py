@@ -26,7 +26,6 @@ Presets: siamese-omniglot-5w1s, siamese-omniglot-20w1s.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -34,9 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig, register
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
+from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.metrics import accuracy
+from metazoo.seeding import episode_generator
 from metazoo.types import Predictor
 
 
@@ -78,15 +79,6 @@ def balanced_bce(logits: Tensor, same: Tensor) -> Tensor:
     y = same.to(logits.dtype)
     w = 0.5 * y / y.sum().clamp_min(1.0) + 0.5 * (1 - y) / (1 - y).sum().clamp_min(1.0)
     return (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
-
-
-def distortion_generator(seed: int, step: int, episode: Tensor) -> torch.Generator:
-    """A generator seeded by (`seed`, meta-iteration `step`, the episode's bytes): distortions
-    are a pure function of those, whatever else draws random numbers, and a resumed run
-    repeats them."""
-    digest = hashlib.sha256(f"siamese/{seed}/{step}/".encode()
-                            + episode.detach().cpu().numpy().tobytes()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def random_affine(x: Tensor, cfg: SiameseConfig, generator: torch.Generator | None = None
@@ -148,7 +140,7 @@ class SiameseNet(Algorithm):
                   ways: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Balanced verification BCE over all (query, support) pairs (Sec. 3.2)."""
         if self.training and self.config.distort:  # Sec. 3.3, training inputs only
-            g = distortion_generator(self.config.distort_seed, self.step, support_x)
+            g = episode_generator("siamese", self.config.distort_seed, self.step, support_x)
             support_x = random_affine(support_x, self.config, g)
             query_x = random_affine(query_x, self.config, g)
         pairs, scores = self._scores(support_x, support_y, query_x, ways)
