@@ -39,6 +39,15 @@ def make_dataset(classes: int = 12, per_class: int = 6, *, name: str = "syntheti
 
 
 @pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (what task threads split), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def dataset() -> ClassDataset:
     return make_dataset()
 

@@ -15,14 +15,6 @@ from metazoo.errors import ConfigError
 from tests.conftest import tiny_batch
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_auto_picks_vmap_for_mlps_and_the_measured_loop_or_threads_for_conv_on_cpu(two_threads):
     mlp = models.build("mlp", input_shape=(1,), hidden=(8,))
     assert batching.choose(algorithms.build("maml", mlp, ways=1)) == "vmap"

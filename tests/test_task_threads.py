@@ -11,14 +11,6 @@ from torch import nn
 from metazoo.task_threads import chunks, map_chunks, structural_clones
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("n,parts", [(32, 2), (5, 3), (2, 8), (1, 2), (7, 1)])
 def test_chunks_cover_range_in_order_without_empty_pieces(n, parts):
     pieces = chunks(n, parts)

@@ -81,3 +81,17 @@ def float64_noise_image_batch(tasks=2, ways=3, shots=2, queries=2, size=16, seed
                      torch.randn(tasks, ways * queries, 1, size, size, generator=g, dtype=dt),
                      torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous(),
                      ways, shots, queries)
+
+
+def assert_strategy_equals_loop(alg: Algorithm, batch: TaskBatch, strategy: str) -> None:
+    """The meta-gradient under `strategy` equals the loop's (float64 tolerances)."""
+    from metazoo import batching
+
+    grads = []
+    for s in ("loop", strategy):
+        alg.zero_grad(set_to_none=True)
+        batching.meta_loss(alg, batch, s)[0].backward()  # type: ignore[arg-type]
+        grads.append([p.grad.clone() for p in alg.parameters() if p.grad is not None])
+    assert max(g.abs().max() for g in grads[0]) > 1e-6  # a check that can fail
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)

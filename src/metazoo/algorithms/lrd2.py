@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig
-from metazoo.algorithms.r2d2 import with_bias_feature
+from metazoo.algorithms.r2d2 import positive_scalar, with_bias_feature
 from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.solvers import logistic_regression
@@ -56,14 +56,11 @@ class LRD2(Algorithm):
     """LR-D2: per-task one-vs-rest logistic regression by Newton steps on meta-learned features."""
 
     config: LRD2Config
+    log_lambda: Tensor  # log of lambda: a parameter, or a buffer when not learned
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
-        log_lambda = torch.tensor(math.log(self.config.init_lambda))
-        if self.config.learn_lambda:
-            self.log_lambda = nn.Parameter(log_lambda)
-        else:
-            self.register_buffer("log_lambda", log_lambda)
+        positive_scalar(self, "log_lambda", self.config.init_lambda, self.config.learn_lambda)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
               ) -> Predictor:

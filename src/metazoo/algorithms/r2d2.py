@@ -49,6 +49,16 @@ class R2D2Config(AlgorithmConfig):
                               f"got {self.init_lambda}")
 
 
+def positive_scalar(module: nn.Module, name: str, value: float, learn: bool) -> None:
+    """Register `log(value)` as parameter `name` (learned) or buffer (fixed); the scalar itself
+    is `getattr(module, name).exp()`, positive whatever the optimiser does."""
+    log_value = torch.tensor(math.log(value))
+    if learn:
+        module.register_parameter(name, nn.Parameter(log_value))
+    else:
+        module.register_buffer(name, log_value)
+
+
 def with_bias_feature(z: Tensor) -> Tensor:
     """`[M, D]` -> `[M, D + 1]`: a constant 1 appended, so a linear map carries a bias."""
     return torch.cat([z, z.new_ones(z.shape[0], 1)], 1)
@@ -61,16 +71,12 @@ class R2D2(Algorithm):
     """R2-D2: per-task ridge regression on meta-learned features, calibrated by alpha, beta."""
 
     config: R2D2Config
+    log_lambda: Tensor  # log of lambda: a parameter, or a buffer when not learned
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
-        log_lambda = torch.tensor(math.log(cfg.init_lambda))
-        # lambda > 0 through its log; a buffer when it is not learned
-        if cfg.learn_lambda:
-            self.log_lambda = nn.Parameter(log_lambda)
-        else:
-            self.register_buffer("log_lambda", log_lambda)
+        positive_scalar(self, "log_lambda", cfg.init_lambda, cfg.learn_lambda)
         self.scale = nn.Parameter(torch.tensor(cfg.init_scale))  # alpha of Eq. 6
         self.bias = nn.Parameter(torch.tensor(cfg.init_bias))  # beta of Eq. 6
 

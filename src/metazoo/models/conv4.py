@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.functional import BatchNorm, batch_norm, batch_norm_relu_pool
-from metazoo.torch_compat import in_functorch_transform
+from metazoo.functional import BatchNorm, batch_norm, batch_norm_relu_pool, cpu_layout
 from metazoo.types import Params
 
 Modulation = tuple[Tensor | None, Tensor | None]
@@ -102,16 +101,7 @@ class Conv4(nn.Module):
             modulation: block index (0-based) -> (scale, shift) after norm and pool.
             norm: replaces every block's batch norm (then no fused kernel is used).
         """
-        layout = None  # vmap forbids choosing a layout
-        if x.device.type == "cpu" and not in_functorch_transform():
-            layout = memory_format or torch.channels_last
-        if layout == torch.channels_last and x.shape[1] == 1:
-            # [M, 1, H, W] in NCHW passes for channels-last too, and the conv then returns NCHW
-            # maps; with channels-last strides (a view) it returns channels-last maps directly
-            m, _, h, w = x.shape
-            x = x.reshape(m, h, w, 1).permute(0, 3, 1, 2)
-        elif layout is not None:  # convert the input once: every conv keeps its input's layout
-            x = x.contiguous(memory_format=layout)
+        x, _ = cpu_layout(x, memory_format)
         for i, block in enumerate(self.features):  # the ReLU and MaxPool2d modules are fused away
             conv, bn = block[0], block[1]  # type: ignore[index]
             p = f"features.{i}."

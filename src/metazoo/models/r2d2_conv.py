@@ -44,11 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.functional import BatchNorm, batch_norm
+from metazoo.functional import BatchNorm, batch_norm, cpu_layout
 from metazoo.models.conv4 import Modulation, modulate
 from metazoo.models.resnet12 import NEGATIVE_SLOPE
 from metazoo.models.resnet12 import dropout as _dropout
-from metazoo.torch_compat import in_functorch_transform
 from metazoo.types import Params
 
 
@@ -131,12 +130,7 @@ class R2D2Conv(nn.Module):
               modulation: Mapping[int, Modulation] | None, *, drop: bool
               ) -> tuple[Tensor, Tensor]:
         """The maps whose flattened concatenation is the feature vector."""
-        layout = None  # vmap forbids choosing a layout
-        if x.device.type == "cpu" and not in_functorch_transform():
-            layout = memory_format or torch.channels_last
-        if layout == torch.channels_last and x.shape[1] == 1:  # see conv4: a strided view
-            m, _, h, w = x.shape
-            x = x.reshape(m, h, w, 1).permute(0, 3, 1, 2)
+        x, layout = cpu_layout(x, memory_format)
         last = len(self.blocks) - 1
         outputs = []
         for i, block in enumerate(self.blocks):

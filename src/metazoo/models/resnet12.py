@@ -65,9 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metazoo.functional import BatchNorm, batch_norm
+from metazoo.functional import BatchNorm, batch_norm, cpu_layout
 from metazoo.models.conv4 import Modulation, modulate
-from metazoo.torch_compat import in_functorch_transform
 from metazoo.types import Params
 
 NEGATIVE_SLOPE = 0.1
@@ -228,12 +227,7 @@ class ResNet12(nn.Module):
              memory_format: torch.memory_format | None,
              modulation: Mapping[int, Modulation] | None, *, drop: bool, flatten: bool
              ) -> Tensor:
-        layout = None  # vmap forbids choosing a layout
-        if x.device.type == "cpu" and not in_functorch_transform():
-            layout = memory_format or torch.channels_last
-        if layout == torch.channels_last and x.shape[1] == 1:  # see conv4: a strided view
-            m, _, h, w = x.shape
-            x = x.reshape(m, h, w, 1).permute(0, 3, 1, 2)
+        x, layout = cpu_layout(x, memory_format)
         for i, block in enumerate(self.blocks):
             if layout is not None:  # every conv keeps its input's layout; dropout's mask may not
                 x = x.contiguous(memory_format=layout)
