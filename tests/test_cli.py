@@ -86,6 +86,16 @@ def test_plot_draws_the_adaptation_figure_for_sinusoid_runs(tmp_path):
     assert json.loads((run / "results.json").read_text())["metric"] == "mse"
 
 
+def test_plot_draws_alpacas_predictive_band_for_sinusoid_runs(tmp_path):
+    run = tmp_path / "alpaca"
+    assert main(["train", "--preset", "alpaca-sinusoid", "--out", str(run), "--set",
+                 "train.meta_steps=5", "eval.every=0", "eval.episodes=4", "train.progress=false",
+                 "train.tensorboard=false"]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert (run / "predictive.png").stat().st_size > 1000
+    assert not (run / "adaptation.png").exists()  # no inner steps to show
+
+
 def test_list_datasets_shows_the_registry_in_order(capsys):
     assert main(["list", "datasets"]) == 0
     assert capsys.readouterr().out.splitlines() == [

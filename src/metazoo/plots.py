@@ -5,10 +5,15 @@ matplotlib with the Agg backend, imported inside the functions so `import metazo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from metazoo.engine.log import read
 from metazoo.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def _series(rows: list[dict[str, str]], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -91,11 +96,55 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
     return out
 
 
+def plot_predictive(run_dir: Path, *, task: int = 0) -> Path:
+    """`predictive.png` for a sinusoid run of a probabilistic method (ALPaCA): the true curve,
+    the support points, the posterior predictive mean and its 95% band on test task `task`, and
+    the prior's (no support) for comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from metazoo.data.sinusoid import curve
+    from metazoo.engine.run import load_run
+    from metazoo.tasks import SinusoidTasks
+
+    cfg, alg = load_run(run_dir)
+    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
+    batch = src.batch(task, 1)
+    amplitude, phase = src.params(task, 1)
+    x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
+    alg.eval()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
+    ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
+            label=f"{cfg.eval.shots} support points")
+    with torch.no_grad():
+        for context, color, name in ((0, "tab:gray", "prior"), (None, "tab:blue", "posterior")):
+            predictive = cast("Callable[..., tuple[Tensor, Tensor]]", alg.predictive)
+            mean, cov = predictive(batch.support_x[0], batch.support_y[0], x, context)
+            half = 1.96 * cov[:, 0, 0].sqrt()
+            ax.plot(x, mean[:, 0], "--", color=color, label=f"{name} predictive mean")
+            ax.fill_between(x[:, 0], mean[:, 0] - half, mean[:, 0] + half, color=color,
+                            alpha=0.2, label=f"{name} 95% interval")
+    ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} predictive, test task {task}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "predictive.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Every figure that fits the run; returns the paths written."""
+    from metazoo import algorithms
     from metazoo.engine.run import read_config
 
     paths = [plot_learning_curves(run_dir)]
-    if read_config(run_dir).data.name == "sinusoid":
-        paths.append(plot_adaptation(run_dir))
+    cfg = read_config(run_dir)
+    if cfg.data.name == "sinusoid":  # a probabilistic method shows its predictive distribution
+        probabilistic = hasattr(algorithms.get(cfg.algorithm.name).cls, "predictive")
+        paths.append(plot_predictive(run_dir) if probabilistic else plot_adaptation(run_dir))
     return paths
