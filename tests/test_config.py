@@ -118,3 +118,19 @@ def test_the_engine_side_config_module_reads_no_files():
                          check=True).stdout.strip()
     assert out == "False"
     assert not hasattr(metazoo.config, "load_config")
+
+
+def test_sgd_momentum_and_nesterov_reach_the_optimiser_and_are_checked():
+    from metazoo import algorithms, models
+    from metazoo.config_files import load_config
+    from metazoo.engine.train import make_optimizer
+
+    cfg = load_config("metaoptnet_svm-omniglot-5w1s")
+    assert (cfg.train.optimizer, cfg.train.momentum, cfg.train.nesterov) == ("sgd", 0.9, True)
+    alg = algorithms.build("protonet", models.build("conv4", hidden=4), ways=5)
+    group = make_optimizer(alg, cfg.train).param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 0.0005)
+    for bad in (["train.momentum=1.0"], ["train.nesterov=true"],
+                ["train.optimizer=adam", "train.momentum=0.9", "train.nesterov=true"]):
+        with pytest.raises(ConfigError, match=r"momentum|nesterov"):
+            load_config(overrides=bad)

@@ -51,6 +51,8 @@ class TrainConfig:
     outer_lr: float = 1e-3  # learning rate of the meta-optimiser
     optimizer: Literal["adam", "sgd"] = "adam"  # meta-optimiser; Reptile's outer step is SGD
     weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd: momentum (MetaOptNet: 0.9)
+    nesterov: bool = False  # sgd: Nesterov momentum (MetaOptNet)
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"  # linear: to 0
     lr_step_every: int = 2000  # "step": multiply the lr by lr_gamma every this many steps
     lr_gamma: float = 0.5
@@ -145,6 +147,10 @@ class RunConfig:
                 raise ConfigError(f"{key} must be >= 0, got {v}")
         if t.outer_lr <= 0:
             raise ConfigError(f"train.outer_lr must be > 0, got {t.outer_lr}")
+        if not 0 <= t.momentum < 1:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
+        if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
+            raise ConfigError("train.nesterov needs train.optimizer=sgd and train.momentum > 0")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,

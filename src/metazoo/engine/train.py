@@ -52,7 +52,8 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 def make_optimizer(alg: Algorithm, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The meta-optimiser of `cfg.optimizer` over the meta-parameters."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(alg.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(alg.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay,
+                               momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.Adam(alg.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
 
 
