@@ -18,7 +18,7 @@ Settings (reference code, sinusoid): phi an MLP 128-128-32 with tanh, Sigma_eps 
 Deviations: the context size is drawn from a generator seeded by (`context_seed`,
 meta-iteration, episode) rather than numpy's global one; the loss is the mean negative
 log-likelihood (the reference code's log det + quadratic form, halved, plus a constant).
-Presets: alpaca-sinusoid, alpaca-sinusoid_line.
+Presets: alpaca-sinusoid.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ through the Newton steps into phi and lambda. Settings: lambda starts at 50 (ref
 `newton_steps` as the paper's ablation (1 to 5); the reference code adds no calibration layer.
 Deviations: batch norm uses batch statistics only; fixed shots per training episode (the
 reference code draws 1-10).
-Presets: lrd2-omniglot-5w1s, lrd2-glyphs-5w1s, lrd2-miniimagenet-5w1s.
+Presets: lrd2-omniglot-5w1s.
 """
 
 from __future__ import annotations

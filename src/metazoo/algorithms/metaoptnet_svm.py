@@ -17,8 +17,7 @@ iterations in meta-training and more at test (here 15), gamma starts at 1; ResNe
 training episodes with more shots than at test (15 miniImageNet, 5 CIFAR-FS and FC100), 6 queries
 per class, 8 episodes per batch; SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4.
 Deviations: batch norm uses batch statistics only (support and query each their own).
-Presets: metaoptnet_svm-omniglot-5w1s, -glyphs-5w1s, -cifar_fs-5w1s, -miniimagenet-5w1s;
-metaoptnet_ridge-omniglot-5w1s.
+Presets: metaoptnet_svm-omniglot-5w1s, -glyphs-5w1s; metaoptnet_ridge-omniglot-5w1s.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Adam, 5e-3, halved every 20 epochs; training ways 60 (Omniglot), 16 (miniImageNe
 Backbone: `r2d2_conv` (96-192-384-512 filters, features of the last two blocks).
 Deviations: batch norm uses batch statistics only (as every backbone here); the reference code
 draws a random shot count (1-10) per training episode, here the preset's K is fixed.
-Presets: r2d2-omniglot-5w1s, -20w1s, r2d2-glyphs-5w1s, r2d2-cifar_fs-5w1s, -miniimagenet-5w1s.
+Presets: r2d2-omniglot-5w1s, -20w1s, r2d2-glyphs-5w1s.
 """
 
 from __future__ import annotations
