@@ -10,7 +10,7 @@ Registration is `metazoo.algorithms.registry`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -19,9 +19,6 @@ from metazoo.adaptation import loss_and_metrics
 from metazoo.errors import ConfigError, ShapeError
 from metazoo.tasks import TaskBatch
 from metazoo.types import Predictor
-
-if TYPE_CHECKING:
-    from metazoo.algorithms.registry import AlgorithmSpec
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ class Algorithm(nn.Module):
             head accept other N at `adapt` time.
     """
 
-    spec: ClassVar[AlgorithmSpec]
+    spec: ClassVar[Any]  # its `metazoo.algorithms.registry.AlgorithmSpec`, set by `@register`
     vmappable: ClassVar[bool] = True  # False where adapt cannot run under torch.vmap
     fixed_ways: ClassVar[bool] = False  # True when a head of size `ways` is meta-learned
     adapts_with_gradients: ClassVar[bool] = False  # True when adapt() differentiates (MAML...)

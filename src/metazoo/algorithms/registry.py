@@ -10,17 +10,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
+from metazoo.algorithms.base import Algorithm, AlgorithmConfig
 from metazoo.errors import ConfigError
 from metazoo.fields import did_you_mean, from_mapping
 from metazoo.registry import Registry
 from metazoo.types import Family, TaskKind
-
-if TYPE_CHECKING:
-    from metazoo.algorithms.base import Algorithm, AlgorithmConfig
 
 
 @dataclass(frozen=True)
