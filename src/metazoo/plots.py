@@ -5,15 +5,29 @@ matplotlib with the Agg backend, imported inside the functions so `import metazo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from metazoo.engine.log import read
 from metazoo.errors import CheckpointError
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SinusoidPlot:
+    """What a sinusoid figure's caller draws with: the run's algorithm (eval mode), the test
+    task's support set, the x grid `[200, 1]` and the axes."""
+
+    alg: Any
+    support_x: Tensor
+    support_y: Tensor
+    x: Tensor
+    ax: Any
 
 
 def _series(rows: list[dict[str, str]], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -52,6 +66,38 @@ def plot_learning_curves(run_dir: Path) -> Path:
     return out
 
 
+@contextmanager
+def _sinusoid_figure(run_dir: Path, task: int, kind: str, name: str) -> Iterator[SinusoidPlot]:
+    """A figure of test task `task` of a sinusoid run, with the true curve and the support
+    points drawn; the caller adds its predictions, then the figure is saved as `name`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from metazoo.data.sinusoid import curve
+    from metazoo.engine.run import load_run
+    from metazoo.tasks import SinusoidTasks
+
+    cfg, alg = load_run(run_dir)
+    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
+    batch = src.batch(task, 1)
+    amplitude, phase = src.params(task, 1)
+    x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
+    alg.eval()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
+    ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
+            label=f"{cfg.eval.shots} support points")
+    yield SinusoidPlot(alg, batch.support_x[0], batch.support_y[0], x, ax)
+    ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} {kind}, test task {task}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / name, dpi=100)
+    plt.close(fig)
+
+
 def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1, 10)) -> Path:
     """`adaptation.png` for a sinusoid run: the MAML paper's Fig. 2 on test task `task`.
 
@@ -61,80 +107,32 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
     import copy
     from dataclasses import replace
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from metazoo.data.sinusoid import curve
-    from metazoo.engine.run import load_run
-    from metazoo.tasks import SinusoidTasks
-
-    cfg, alg = load_run(run_dir)
-    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
-    batch = src.batch(task, 1)
-    amplitude, phase = src.params(task, 1)
-    x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
-    alg.eval()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
-    ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
-            label=f"{cfg.eval.shots} support points")
-    ax.plot(x, alg(x).detach(), ":", color="tab:green", label="meta-learned initialisation")
-    for k in steps:
-        stepped = copy.copy(alg)  # shares the weights; only the number of inner steps differs
-        stepped.config = replace(alg.config, eval_inner_steps=k)  # type: ignore[call-arg,type-var]
-        pred = stepped.adapt(batch.support_x[0], batch.support_y[0])(x).detach()
-        ax.plot(x, pred, "--", label=f"after {k} step{'s' if k > 1 else ''}")
-    ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} adaptation, test task {task}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = run_dir / "adaptation.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    with _sinusoid_figure(run_dir, task, "adaptation", "adaptation.png") as p:
+        p.ax.plot(p.x, p.alg(p.x).detach(), ":", color="tab:green",
+                  label="meta-learned initialisation")
+        for k in steps:
+            stepped = copy.copy(p.alg)  # shares the weights; only the inner step count differs
+            stepped.config = replace(p.alg.config, eval_inner_steps=k)  # type: ignore[call-arg,type-var]
+            pred = stepped.adapt(p.support_x, p.support_y)(p.x).detach()
+            p.ax.plot(p.x, pred, "--", label=f"after {k} step{'s' if k > 1 else ''}")
+    return run_dir / "adaptation.png"
 
 
 def plot_predictive(run_dir: Path, *, task: int = 0) -> Path:
     """`predictive.png` for a sinusoid run of a probabilistic method (ALPaCA): the true curve,
     the support points, the posterior predictive mean and its 95% band on test task `task`, and
     the prior's (no support) for comparison."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
-    from metazoo.data.sinusoid import curve
-    from metazoo.engine.run import load_run
-    from metazoo.tasks import SinusoidTasks
-
-    cfg, alg = load_run(run_dir)
-    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
-    batch = src.batch(task, 1)
-    amplitude, phase = src.params(task, 1)
-    x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
-    alg.eval()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
-    ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
-            label=f"{cfg.eval.shots} support points")
-    with torch.no_grad():
+    with _sinusoid_figure(run_dir, task, "predictive", "predictive.png") as p, torch.no_grad():
+        predictive = cast("Callable[..., tuple[Tensor, Tensor]]", p.alg.predictive)
         for context, color, name in ((0, "tab:gray", "prior"), (None, "tab:blue", "posterior")):
-            predictive = cast("Callable[..., tuple[Tensor, Tensor]]", alg.predictive)
-            mean, cov = predictive(batch.support_x[0], batch.support_y[0], x, context)
+            mean, cov = predictive(p.support_x, p.support_y, p.x, context)
             half = 1.96 * cov[:, 0, 0].sqrt()
-            ax.plot(x, mean[:, 0], "--", color=color, label=f"{name} predictive mean")
-            ax.fill_between(x[:, 0], mean[:, 0] - half, mean[:, 0] + half, color=color,
-                            alpha=0.2, label=f"{name} 95% interval")
-    ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} predictive, test task {task}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = run_dir / "predictive.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+            p.ax.plot(p.x, mean[:, 0], "--", color=color, label=f"{name} predictive mean")
+            p.ax.fill_between(p.x[:, 0], mean[:, 0] - half, mean[:, 0] + half, color=color,
+                              alpha=0.2, label=f"{name} 95% interval")
+    return run_dir / "predictive.png"
 
 
 def plot_run(run_dir: Path) -> list[Path]:
