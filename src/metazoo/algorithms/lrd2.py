@@ -23,12 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig
-from metazoo.algorithms.r2d2 import positive_scalar, with_bias_feature
+from metazoo.algorithms.r2d2 import episode_features, positive_scalar
 from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.solvers import logistic_regression
@@ -67,8 +66,7 @@ class LRD2(Algorithm):
         n = ways or self.ways
 
         def predict(query_x: Tensor) -> Tensor:
-            z = with_bias_feature(self.backbone(torch.cat([support_x, query_x])))
-            zs, zq = z[: support_x.shape[0]], z[support_x.shape[0]:]
+            zs, zq = episode_features(self.backbone, support_x, query_x)
             targets = F.one_hot(support_y, n).to(zs.dtype)  # N one-vs-rest problems
             w = logistic_regression(zs[None], targets[None], self.log_lambda.exp(),
                                     self.config.newton_steps)[0]  # [D + 1, N]

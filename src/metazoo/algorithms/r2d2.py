@@ -64,6 +64,14 @@ def with_bias_feature(z: Tensor) -> Tensor:
     return torch.cat([z, z.new_ones(z.shape[0], 1)], 1)
 
 
+def episode_features(backbone: nn.Module, support_x: Tensor, query_x: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """Support and query features with the bias feature, from one backbone pass over
+    `[support; query]` (as R2-D2's code: batch norm sees the episode)."""
+    z = with_bias_feature(backbone(torch.cat([support_x, query_x])))
+    return z[: support_x.shape[0]], z[support_x.shape[0]:]
+
+
 @register("r2d2", display="R2-D2", family="closed_form", config=R2D2Config,
           paper="Bertinetto, Henriques, Torr, Vedaldi. Meta-learning with differentiable "
                 "closed-form solvers. ICLR 2019", tasks={"classification"})
@@ -85,8 +93,7 @@ class R2D2(Algorithm):
         n = ways or self.ways
 
         def predict(query_x: Tensor) -> Tensor:
-            z = with_bias_feature(self.backbone(torch.cat([support_x, query_x])))
-            zs, zq = z[: support_x.shape[0]], z[support_x.shape[0]:]
+            zs, zq = episode_features(self.backbone, support_x, query_x)
             root = math.sqrt(zs.shape[0])  # the reference code's 1/sqrt(N K) on X and Y
             targets = F.one_hot(support_y, n).to(zs.dtype) / root
             w = ridge_regression((zs / root)[None], targets[None], self.log_lambda.exp())[0]
