@@ -86,9 +86,10 @@ def test_plot_draws_the_adaptation_figure_for_sinusoid_runs(tmp_path):
     assert json.loads((run / "results.json").read_text())["metric"] == "mse"
 
 
-def test_plot_draws_alpacas_predictive_band_for_sinusoid_runs(tmp_path):
+@pytest.mark.parametrize("preset", ["alpaca-sinusoid", "alpaca-sinusoid_line"])
+def test_plot_draws_alpacas_predictive_band_for_regression_runs(tmp_path, preset):
     run = tmp_path / "alpaca"
-    assert main(["train", "--preset", "alpaca-sinusoid", "--out", str(run), "--set",
+    assert main(["train", "--preset", preset, "--out", str(run), "--set",
                  "train.meta_steps=5", "eval.every=0", "eval.episodes=4", "train.progress=false",
                  "train.tensorboard=false"]) == 0
     assert main(["plot", str(run)]) == 0
@@ -100,10 +101,11 @@ def test_list_datasets_shows_the_registry_in_order(capsys):
     assert main(["list", "datasets"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "datasets:",
-        "  glyphs       procedurally drawn characters, 28x28; the embedded default",
-        "  sinusoid     sine regression, amplitude U[0.1, 5], phase U[0, pi] (MAML Sec. 5.1)",
-        "  omniglot     Lake et al. 2015; Vinyals split, rotations as classes for training",
-        "  folder       your images: data.root/<class>/<image>, classes split by seed",
+        "  glyphs        procedurally drawn characters, 28x28; the embedded default",
+        "  sinusoid      sine regression, amplitude U[0.1, 5], phase U[0, pi] (MAML Sec. 5.1)",
+        "  sinusoid_line ambiguous regression: noisy sine or line, p=1/2 each (PLATIPUS Sec. 5.1)",
+        "  omniglot      Lake et al. 2015; Vinyals split, rotations as classes for training",
+        "  folder        your images: data.root/<class>/<image>, classes split by seed",
     ]
 
 

@@ -31,8 +31,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"  {name:<12} {s.display:<{width}} {s.family:<11} {s.paper}")
     if what in ("all", "datasets"):
         print("datasets:")
-        for d in list_datasets():
-            print(f"  {d.name:<12} {d.description}")
+        datasets = list_datasets()
+        width = max(12, *(len(d.name) for d in datasets))
+        for d in datasets:
+            print(f"  {d.name:<{width}} {d.description}")
     if what in ("all", "presets"):
         print("presets:")
         for p in preset_names():

@@ -68,26 +68,27 @@ def plot_learning_curves(run_dir: Path) -> Path:
 
 @contextmanager
 def _sinusoid_figure(run_dir: Path, task: int, kind: str, name: str) -> Iterator[SinusoidPlot]:
-    """A figure of test task `task` of a sinusoid run, with the true curve and the support
-    points drawn; the caller adds its predictions, then the figure is saved as `name`."""
+    """A figure of test task `task` of a regression run (any family with `truth(task)`), with
+    the true curve and the support points drawn; the caller adds its predictions, then the
+    figure is saved as `name`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from metazoo.data.sinusoid import curve
     from metazoo.engine.run import load_run
-    from metazoo.tasks import SinusoidTasks
+    from metazoo.tasks import make_task_source
 
     cfg, alg = load_run(run_dir)
-    src = SinusoidTasks(shots=cfg.eval.shots, queries=1, seed=cfg.seed, split="test")
+    src = make_task_source(cfg.data.name, "test", ways=1, shots=cfg.eval.shots, queries=1,
+                           seed=cfg.seed)
     batch = src.batch(task, 1)
-    amplitude, phase = src.params(task, 1)
+    truth = cast("Callable[[int], Callable[[Tensor], Tensor]]", src.truth)  # type: ignore[attr-defined]
     x = torch.linspace(-5, 5, 200).unsqueeze(1)  # [200, 1]
     alg.eval()
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, curve(amplitude, phase, x), "k", label="ground truth")
+    ax.plot(x, truth(task)(x), "k", label="ground truth")
     ax.plot(batch.support_x[0], batch.support_y[0], "^", color="tab:purple",
             label=f"{cfg.eval.shots} support points")
     yield SinusoidPlot(alg, batch.support_x[0], batch.support_y[0], x, ax)
@@ -99,7 +100,7 @@ def _sinusoid_figure(run_dir: Path, task: int, kind: str, name: str) -> Iterator
 
 
 def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1, 10)) -> Path:
-    """`adaptation.png` for a sinusoid run: the MAML paper's Fig. 2 on test task `task`.
+    """`adaptation.png` for a regression run: the MAML paper's Fig. 2 on test task `task`.
 
     Draws the true curve, the K support points, the prediction at the meta-learned parameters
     and after each number of inner steps in `steps`.
@@ -119,7 +120,7 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
 
 
 def plot_predictive(run_dir: Path, *, task: int = 0) -> Path:
-    """`predictive.png` for a sinusoid run of a probabilistic method (ALPaCA): the true curve,
+    """`predictive.png` for a regression run of a probabilistic method (ALPaCA): the true curve,
     the support points, the posterior predictive mean and its 95% band on test task `task`, and
     the prior's (no support) for comparison."""
     import torch
@@ -138,11 +139,12 @@ def plot_predictive(run_dir: Path, *, task: int = 0) -> Path:
 def plot_run(run_dir: Path) -> list[Path]:
     """Every figure that fits the run; returns the paths written."""
     from metazoo import algorithms
+    from metazoo.data import get_spec
     from metazoo.engine.run import read_config
 
     paths = [plot_learning_curves(run_dir)]
     cfg = read_config(run_dir)
-    if cfg.data.name == "sinusoid":  # a probabilistic method shows its predictive distribution
+    if get_spec(cfg.data.name).kind == "regression":  # a probabilistic method: its predictive
         probabilistic = hasattr(algorithms.get(cfg.algorithm.name).cls, "predictive")
         paths.append(plot_predictive(run_dir) if probabilistic else plot_adaptation(run_dir))
     return paths

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metazoo.data import folder, glyphs, omniglot, sinusoid
+from metazoo.data import folder, glyphs, omniglot, sinusoid, sinusoid_line
 from metazoo.data.base import ClassDataset, DatasetSpec, Loader
 from metazoo.errors import ConfigError
 from metazoo.fields import did_you_mean
 from metazoo.registry import Registry
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "metazoo list datasets")
-for _module in (glyphs, sinusoid, omniglot, folder):
+for _module in (glyphs, sinusoid, sinusoid_line, omniglot, folder):
     DATASETS.add(_module.SPEC)
 
 

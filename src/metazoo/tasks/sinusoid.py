@@ -17,6 +17,7 @@ how many were drawn before, and different splits see different tasks. The true f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -76,6 +77,11 @@ class SinusoidTasks:
         lo, hi = self.x_range
         x = lo + torch.rand(self.shots + self.queries, generator=g) * (hi - lo)
         return amp, phase, x
+
+    def truth(self, task: int) -> Callable[[Tensor], Tensor]:
+        """The true function of task `task` (what `batch(task, 1)` observes)."""
+        amp, phase, _ = self._task(task)
+        return lambda x: curve(amp, phase, x)
 
     def params(self, index: int, meta_batch_size: int) -> tuple[Tensor, Tensor]:
         """Amplitudes `[B]` and phases `[B]` (float32) of the tasks of `batch(index, B)`."""

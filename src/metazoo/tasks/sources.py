@@ -14,8 +14,10 @@ from metazoo.errors import ConfigError
 from metazoo.tasks.batch import TaskSource
 from metazoo.tasks.episodes import EpisodeSampler
 from metazoo.tasks.sinusoid import SinusoidTasks
+from metazoo.tasks.sinusoid_line import SinusoidLineTasks
 
-FAMILIES: dict[str, Callable[..., TaskSource]] = {"sinusoid": SinusoidTasks}
+FAMILIES: dict[str, Callable[..., TaskSource]] = {"sinusoid": SinusoidTasks,
+                                                  "sinusoid_line": SinusoidLineTasks}
 """Task families by dataset name: `family(shots=, queries=, seed=, split=)` is a `TaskSource`."""
 
 
