@@ -129,3 +129,26 @@ def test_eval_prints_what_evaluate_run_returns(capsys, tmp_path, monkeypatch):
     assert seen == {"run_dir": str(tmp_path), "episodes": 3, "split": "val", "ways": 2,
                     "shots": None, "queries": None, "data_root": "/d",
                     "options": ["algorithm.x=1"]}
+
+
+def test_data_check_reports_found_and_missing_files_with_the_layout(tmp_path, capsys):
+    (tmp_path / "images_background.zip").write_bytes(b"PK")
+    assert main(["data", "check", "omniglot", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "INCOMPLETE" in out and "found    " + str(tmp_path / "images_background.zip") in out
+    assert "missing  images_evaluation.zip" in out and "md5 6b91aef0f799c5bb55b94e3f2daec811" in out
+    (tmp_path / "images_evaluation.zip").write_bytes(b"PK")
+    assert main(["data", "check", "omniglot", "--root", str(tmp_path)]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert main(["data", "check", "glyphs"]) == 0
+    assert "no files to check" in capsys.readouterr().out
+    assert main(["data", "check", "omniglott"]) == 2
+    assert "did you mean 'omniglot'" in capsys.readouterr().err
+
+
+def test_training_without_the_files_says_what_data_check_says(tmp_path, capsys):
+    assert main(["train", "--preset", "protonet-omniglot-5w1s", "--out", str(tmp_path / "r"),
+                 "--set", f"data.root={tmp_path}", "train.progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "missing images_background.zip; images_evaluation.zip" in err
+    assert "metazoo data check omniglot" in err

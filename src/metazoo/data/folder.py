@@ -26,6 +26,7 @@ from torch import Tensor
 
 from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, resolve_root
+from metazoo.data.check import DataCheck
 from metazoo.data.images import is_grayscale, list_images, open_image, to_gray, to_rgb
 from metazoo.data.omniglot import writable_cache_dir
 from metazoo.errors import ConfigError, DataError
@@ -134,6 +135,23 @@ def split_classes(num_classes: int, seed: int) -> dict[str, list[int]]:
             "test": sorted(perm[n_train + n_val:])}
 
 
+def check(root: Path) -> DataCheck:
+    """The class sub-folders of the user's folder `root` and their image counts."""
+    layout = (f"{root}/<class name>/<image>.png|jpg|... : one sub-folder per class, at least "
+              "one image each (classes split 70/10/20 into train/val/test by the run's seed)")
+    if not root.is_dir():
+        return DataCheck("folder", root, (), (f"{root} (no such folder)",), layout,
+                         "pass --data-root DIR, the folder of class sub-folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    counts = {f.name: len(list_images(f)) for f in folders}
+    found = [f"{len(folders)} class folders, {sum(counts.values())} images"] if folders else []
+    missing = [f"images in {name}/" for name, n in counts.items() if n == 0]
+    if not folders:
+        missing.append(f"class sub-folders in {root}")
+    return DataCheck("folder", root, tuple(found), tuple(missing), layout,
+                     "add images or pass --data-root DIR, the folder of class sub-folders")
+
+
 def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
          image_size: int = 28, seed: int = 0) -> ClassDataset:
     """One split of the user's image folder as a `ClassDataset`.
@@ -176,4 +194,5 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
 
 
 SPEC = DatasetSpec("folder", load, "images", SPLITS,
-                   "your images: data.root/<class>/<image>, classes split by seed", True)
+                   "your images: data.root/<class>/<image>, classes split by seed", True,
+                   check=check)

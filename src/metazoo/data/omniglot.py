@@ -39,6 +39,7 @@ import torch
 
 from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, image_tensor, resolve_root
+from metazoo.data.check import DataCheck
 from metazoo.data.download import download as fetch
 from metazoo.data.images import decode_gray
 from metazoo.errors import ConfigError, DataError
@@ -124,6 +125,25 @@ def read_archive(path: Path, part: str, image_size: int) -> ClassDataset:
                         tuple(names), f"omniglot/{part}")
 
 
+LAYOUT = "\n".join(
+    [f"{name}  (md5 {MD5[name]}; {EXPECTED[part][0]} characters, {EXPECTED[part][1]} PNGs)"
+     for part, name in ARCHIVES.items()]
+    + ["in DIR or DIR/omniglot/, as published at " + URL.format(name="")])
+
+
+def check(root: Path) -> DataCheck:
+    """Which of the two official archives are under `root` (contents are checked on loading)."""
+    found, missing = [], []
+    for name in ARCHIVES.values():
+        path = find_archive(root, name)
+        if path is None:
+            missing.append(name)
+        else:
+            found.append(f"{path} ({path.stat().st_size:,} bytes)")
+    return DataCheck("omniglot", root, tuple(found), tuple(missing), LAYOUT,
+                     "pass --data-root DIR (the folder holding them) or --set data.download=true")
+
+
 def _locate(root: Path, part: str, download: bool) -> Path:
     """The archive of `part`, downloading it when allowed; a clear DataError otherwise."""
     name = ARCHIVES[part]
@@ -131,9 +151,7 @@ def _locate(root: Path, part: str, download: bool) -> Path:
     if path is not None:
         return path
     if not download:
-        raise DataError(f"Omniglot archive {name} not found in {root} or {root / 'omniglot'}; "
-                        "pass --data-root DIR (a folder holding images_background.zip and "
-                        "images_evaluation.zip) or --set data.download=true")
+        raise DataError(check(root).message())
     dest = root / "omniglot" / name
     try:
         return fetch(URL.format(name=name), dest, md5=MD5[name])
@@ -210,4 +228,4 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
 
 SPEC = DatasetSpec("omniglot", load, "images", SPLITS,
                    "Lake et al. 2015; Vinyals split, rotations as classes for training",
-                   True, True)
+                   True, True, check=check)
