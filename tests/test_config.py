@@ -134,3 +134,14 @@ def test_sgd_momentum_and_nesterov_reach_the_optimiser_and_are_checked():
                 ["train.optimizer=adam", "train.momentum=0.9", "train.nesterov=true"]):
         with pytest.raises(ConfigError, match=r"momentum|nesterov"):
             load_config(overrides=bad)
+
+
+def test_image_size_left_open_is_the_datasets_protocol_size_in_config_json(tmp_path):
+    from metazoo.engine.run import image_size, resolved
+
+    cfg = load_config(None, overrides=["data.name=omniglot"])
+    assert cfg.data.image_size is None and image_size(cfg) == 28
+    assert resolved(cfg).data.image_size == 28
+    assert resolved(load_config(None, overrides=["data.image_size=40"])).data.image_size == 40
+    with pytest.raises(ConfigError, match="data.image_size must be >= 1"):
+        load_config(None, overrides=["data.image_size=0"]).validate()

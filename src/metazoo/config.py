@@ -26,7 +26,7 @@ class DataConfig:
     name: str = "glyphs"  # a dataset of `metazoo list datasets`
     root: str | None = None  # data folder; else $METAZOO_DATA, else ~/.cache/metazoo
     download: bool = False  # fetch missing archives from their official source
-    image_size: int = 28  # images are resized to image_size x image_size
+    image_size: int | None = None  # resize to this square side (None: the dataset's protocol)
     ways: int = 20  # N of the meta-training episodes (more than at test: Snell et al. Sec. 3.1)
     shots: int = 1  # K of the meta-training episodes
     queries: int = 15  # Q (per class) of the meta-training episodes
@@ -130,7 +130,8 @@ class RunConfig:
         """Range checks of the sections (types were checked when the values were read)."""
         d, t, e = self.data, self.train, self.eval
         positive = {
-            "data.ways": d.ways, "data.shots": d.shots, "data.image_size": d.image_size,
+            "data.ways": d.ways, "data.shots": d.shots,
+            "data.image_size": 1 if d.image_size is None else d.image_size,
             "train.meta_batch_size": t.meta_batch_size, "eval.ways": e.ways,
             "eval.shots": e.shots, "eval.episodes": e.episodes, "eval.batch_size": e.batch_size,
             "train.log_every": t.log_every, "train.lr_step_every": t.lr_step_every,

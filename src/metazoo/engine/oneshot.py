@@ -12,7 +12,7 @@ from torch import Tensor
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.data.oneshot import error_rates, read_runs
-from metazoo.engine.run import load_run, resolve_device, write_json
+from metazoo.engine.run import image_size, load_run, resolve_device, write_json
 
 
 def evaluate_oneshot(alg: Algorithm, runs_dir: Path, image_size: int,
@@ -50,7 +50,7 @@ def evaluate_oneshot_run(run_dir: str | Path, runs_dir: str | Path, *,
     cfg, alg = load_run(run, data_root=data_root, algorithm_options=list(options or []))
     device = resolve_device(cfg.train.device)
     alg.to(device)
-    result = evaluate_oneshot(alg, Path(runs_dir), cfg.data.image_size, device)
+    result = evaluate_oneshot(alg, Path(runs_dir), image_size(cfg), device)
     path = run / "oneshot_results.json"
     write_json(path, result)
     return result, path

@@ -10,7 +10,7 @@ import torch
 
 from metazoo.data import get_spec
 from metazoo.data.folder import load_class_folder, load_images
-from metazoo.engine.run import load_run
+from metazoo.engine.run import image_size, load_run
 from metazoo.errors import ConfigError, DataError
 
 
@@ -31,8 +31,8 @@ def predict_folders(run_dir: Path, support: Path, query: Path, *,
     if spec.kind != "images":
         raise ConfigError(f"run '{run_dir}' was trained on {cfg.data.name}, not on images")
     channels = int(alg.backbone.input_shape[0])  # type: ignore[index]
-    sx, sy, names, _ = load_class_folder(support, cfg.data.image_size, channels)
-    qx, files = load_images(query, cfg.data.image_size, channels)
+    sx, sy, names, _ = load_class_folder(support, image_size(cfg), channels)
+    qx, files = load_images(query, image_size(cfg), channels)
     if len(names) < 2:
         raise DataError(f"the support folder '{support}' needs at least two class sub-folders")
     alg.check_ways(len(names))

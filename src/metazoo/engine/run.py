@@ -8,6 +8,7 @@ for `--resume`), `best.safetensors` (weights with the best validation score), `m
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,6 +40,17 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("train.device asks for cuda but no CUDA device is available; "
                           "use train.device=cpu")
     return device
+
+
+def image_size(cfg: RunConfig) -> int:
+    """The run's image side: `data.image_size`, else the dataset's protocol size (28 Omniglot,
+    84 miniImageNet and CUB, 32 CIFAR-FS and FC100)."""
+    return cfg.data.image_size or get_spec(cfg.data.name).image_size
+
+
+def resolved(cfg: RunConfig) -> RunConfig:
+    """`cfg` with what it leaves to the dataset filled in, as `config.json` records it."""
+    return replace(cfg, data=replace(cfg.data, image_size=image_size(cfg)))
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
@@ -76,7 +88,7 @@ def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
     d = cfg.data
     return make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
                             queries=shape.queries, seed=cfg.seed, root=d.root,
-                            download=d.download, image_size=d.image_size)
+                            download=d.download, image_size=image_size(cfg))
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -105,8 +117,6 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
     """
     cfg = read_config(run_dir)
     if data_root is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if algorithm_options:
         for item in algorithm_options:

@@ -32,6 +32,7 @@ from metazoo.engine.run import (
     build_algorithm,
     read_config,
     resolve_device,
+    resolved,
     task_source,
     write_json,
 )
@@ -95,6 +96,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
                       eval=cfg.eval)
         state = checkpoint.load(run_dir / CHECKPOINT)
         start_step, best = int(state[1]["step"]), state[1]["best"]
+    cfg = resolved(cfg)
     write_json(run_dir / CONFIG, cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
