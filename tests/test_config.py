@@ -143,5 +143,5 @@ def test_image_size_left_open_is_the_datasets_protocol_size_in_config_json(tmp_p
     assert cfg.data.image_size is None and image_size(cfg) == 28
     assert resolved(cfg).data.image_size == 28
     assert resolved(load_config(None, overrides=["data.image_size=40"])).data.image_size == 40
-    with pytest.raises(ConfigError, match="data.image_size must be >= 1"):
+    with pytest.raises(ConfigError, match=r"data\.image_size must be >= 1"):
         load_config(None, overrides=["data.image_size=0"]).validate()

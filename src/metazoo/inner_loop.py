@@ -14,6 +14,7 @@ avoids functorch's per-op overhead in the common loop case.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
@@ -100,3 +101,20 @@ def sgd_steps(loss_fn: Callable[[Params], Tensor], params: Params, *, steps: int
             params = {k: v - alpha * g[k] for k, v in params.items()}
         trajectory.append(params)
     return trajectory if keep_trajectory else params
+
+
+def mini_batch_orders(n: int, steps: int, batch: int, tasks: int, seed: str) -> Tensor:
+    """Support indices `[tasks, steps, batch]`: per task, shuffled passes over `range(n)` cut
+    into consecutive batches, drawn by Python's `random.Random(seed)`: the same on every device
+    and torch version, and independent of torch's global generator."""
+    rng = random.Random(seed)
+    passes = -(-steps * batch // n)  # ceil: enough passes for steps * batch indices
+    rows = []
+    for _ in range(tasks):
+        stream: list[int] = []
+        for _ in range(passes):
+            order = list(range(n))
+            rng.shuffle(order)
+            stream += order
+        rows.append(stream[:steps * batch])
+    return torch.tensor(rows, dtype=torch.long).view(tasks, steps, batch)

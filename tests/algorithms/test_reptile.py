@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from metazoo.algorithms import build, get
-from metazoo.algorithms.reptile import mini_batch_orders
 from metazoo.errors import ConfigError
 from metazoo.functional import params_of
+from metazoo.inner_loop import mini_batch_orders
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
 from tests.algorithms.learning import float64_noise_image_batch, float64_sine_batch

@@ -24,8 +24,6 @@ Presets: reptile-omniglot-5w1s, -5w5s, -20w1s, -20w5s, reptile-sinusoid.
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -39,12 +37,12 @@ from metazoo.algorithms.networks import LinearHeadAlgorithm
 from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
-from metazoo.inner_loop import grads
+from metazoo.functional_adam import AdamState, adam_step
+from metazoo.inner_loop import grads, mini_batch_orders
 from metazoo.tasks import TaskBatch
 from metazoo.types import Params, Predictor
 
 BNMode = Literal["transductive", "non_transductive", "per_query"]
-ADAM_EPS = 1e-8  # TensorFlow's and PyTorch's default
 
 
 @dataclass(frozen=True)
@@ -74,43 +72,6 @@ class ReptileConfig(AlgorithmConfig):
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise ConfigError("reptile adam_beta1 and adam_beta2 must be in [0, 1), got "
                               f"{self.adam_beta1} and {self.adam_beta2}")
-
-
-def mini_batch_orders(n: int, steps: int, batch: int, tasks: int, seed: str) -> Tensor:
-    """Support indices `[tasks, steps, batch]`: per task, shuffled passes over `range(n)` cut
-    into consecutive batches, drawn by Python's `random.Random(seed)`: the same on every device
-    and torch version, and independent of torch's global generator."""
-    rng = random.Random(seed)
-    passes = -(-steps * batch // n)  # ceil: enough passes for steps * batch indices
-    rows = []
-    for _ in range(tasks):
-        stream: list[int] = []
-        for _ in range(passes):
-            order = list(range(n))
-            rng.shuffle(order)
-            stream += order
-        rows.append(stream[:steps * batch])
-    return torch.tensor(rows, dtype=torch.long).view(tasks, steps, batch)
-
-
-@dataclass(frozen=True)
-class AdamState:
-    """Adam's first and second moments per parameter and the steps taken (for bias correction)."""
-
-    m: Params
-    v: Params
-    t: int
-
-
-def adam_step(params: Params, g: Params, m: Params, v: Params, t: int, lr: float,
-              beta1: float, beta2: float) -> tuple[Params, Params, Params]:
-    """Step `t` (1-based) of Adam (Kingma & Ba 2015, Alg. 1) as `torch.optim.Adam` computes it:
-    new params, first and second moments."""
-    m = {k: torch.lerp(m[k], g[k], 1 - beta1) for k in params}
-    v = {k: torch.addcmul(v[k] * beta2, g[k], g[k], value=1 - beta2) for k in params}
-    step, root = lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
-    new = {k: p - step * m[k] / (v[k].sqrt() / root + ADAM_EPS) for k, p in params.items()}
-    return new, m, v
 
 
 @register("reptile", display="Reptile", family="gradient", config=ReptileConfig,
