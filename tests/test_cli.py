@@ -105,6 +105,13 @@ def test_list_datasets_shows_the_registry_in_order(capsys):
         "  sinusoid      sine regression, amplitude U[0.1, 5], phase U[0, pi] (MAML Sec. 5.1)",
         "  sinusoid_line ambiguous regression: noisy sine or line, p=1/2 each (PLATIPUS Sec. 5.1)",
         "  omniglot      Lake et al. 2015; Vinyals split, rotations as classes for training",
+        "  miniimagenet  Vinyals et al. 2016; Ravi & Larochelle split, 64/16/20 classes, 84x84 RGB",
+        "  cifar_fs      Bertinetto et al. 2019: CIFAR-100 by class, 64/16/20 classes, 32x32 RGB",
+        "  fc100         Oreshkin et al. 2018: CIFAR-100 by super-class, 60/20/20 classes, "
+        "32x32 RGB",
+        "  cub           CUB-200-2011 birds (Wah et al. 2011); Chen et al. 2019's 100/50/50 "
+        "class split",
+        "  fungi         FGVCx Fungi 2018 train+val; Meta-Dataset's 994/200/200 class split",
         "  folder        your images: data.root/<class>/<image>, classes split by seed",
     ]
 

@@ -16,7 +16,11 @@ import torch
 from metazoo import tasks
 from metazoo.data import DATASETS, ClassDataset, DatasetSpec, get_spec, list_datasets, load_split
 from metazoo.errors import ConfigError
+from tests.data.test_cifar import make_cifar100
+from tests.data.test_cub import make_cub
 from tests.data.test_folder import make_folder
+from tests.data.test_fungi import make_fungi
+from tests.data.test_miniimagenet import make_miniimagenet_csv
 from tests.data.test_omniglot import BACKGROUND, EVALUATION, counts, make_archive
 
 SIZE = 20  # not the default 28: every loader must resize
@@ -36,8 +40,25 @@ def _folder(root: Path, mp: pytest.MonkeyPatch) -> Path:
     return make_folder(root / "images", classes=12, per_class=3)
 
 
+def _cub(root: Path, mp: pytest.MonkeyPatch) -> Path:
+    from metazoo.data import cub
+
+    mp.setattr(cub, "EXPECTED", (8, 24))
+    return make_cub(root)
+
+
+def _fungi(root: Path, mp: pytest.MonkeyPatch) -> Path:
+    from metazoo.data import fungi
+
+    mp.setattr(fungi, "EXPECTED", (20, 60))
+    return make_fungi(root, categories=20)
+
+
 FIXTURES: dict[str, Callable[[Path, pytest.MonkeyPatch], Path]] = {
-    "omniglot": _omniglot, "folder": _folder}
+    "omniglot": _omniglot, "folder": _folder,
+    "miniimagenet": lambda root, mp: make_miniimagenet_csv(root),
+    "cifar_fs": lambda root, mp: make_cifar100(root), "fc100": lambda root, mp: make_cifar100(root),
+    "cub": _cub, "fungi": _fungi}
 IMAGES = [s.name for s in DATASETS if s.load is not None]
 GENERATED = [s.name for s in DATASETS if s.load is None]
 

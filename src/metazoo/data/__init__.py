@@ -11,14 +11,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metazoo.data import folder, glyphs, omniglot, sinusoid, sinusoid_line
+from metazoo.data import (
+    cifar_fs,
+    cub,
+    fc100,
+    folder,
+    fungi,
+    glyphs,
+    miniimagenet,
+    omniglot,
+    sinusoid,
+    sinusoid_line,
+)
 from metazoo.data.base import ClassDataset, DatasetSpec, Loader
 from metazoo.errors import ConfigError
 from metazoo.fields import did_you_mean
 from metazoo.registry import Registry
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "metazoo list datasets")
-for _module in (glyphs, sinusoid, sinusoid_line, omniglot, folder):
+for _module in (glyphs, sinusoid, sinusoid_line, omniglot, miniimagenet, cifar_fs, fc100, cub,
+                fungi, folder):
     DATASETS.add(_module.SPEC)
 
 

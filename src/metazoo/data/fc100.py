@@ -1,0 +1,72 @@
+"""FC100 (Oreshkin et al., "TADAM: Task dependent adaptive metric", NeurIPS 2018).
+
+What: Fewshot-CIFAR100, CIFAR-100 split by super-class so that train, val and test share as
+little as possible: 12 / 4 / 4 super-classes, i.e. 60 / 20 / 20 fine classes, all 600 32x32
+images of each (the release's `train` and `test` files merged), read from the official
+`cifar-100-python.tar.gz` by `metazoo.data.cifar100` (layout, download with MD5, cache). Classes
+are named by their fine label and come in fine-label (alphabetical) order.
+
+Split: `SUPERCLASS_INDICES`, the coarse labels of ElementAI/TADAM (the paper's code),
+`datasets/create_dataset_cifar100.py` (`class_split`), also listed with names in the paper's
+appendix (`paper/main.tex`, "Few-shot CIFAR100 details"); `SUPERCLASSES` are their names in the
+release's coarse-label order (`cifar100.COARSE_LABEL_NAMES`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from metazoo.data import cifar100
+from metazoo.data.base import ClassDataset, DatasetSpec
+from metazoo.data.cache import resolve_root
+from metazoo.data.check import DataCheck
+from metazoo.errors import ConfigError
+
+NAME = "fc100"
+SPLITS = ("train", "val", "test")
+SUPERCLASS_INDICES: dict[str, tuple[int, ...]] = {
+    "train": (1, 2, 3, 4, 5, 6, 9, 10, 15, 17, 18, 19),
+    "val": (8, 11, 13, 16),
+    "test": (0, 7, 12, 14),
+}
+SUPERCLASSES: dict[str, tuple[str, ...]] = {
+    split: tuple(cifar100.COARSE_LABEL_NAMES[i] for i in idx)
+    for split, idx in SUPERCLASS_INDICES.items()}
+CLASSES: dict[str, tuple[str, ...]] = {
+    split: tuple(f for coarse, fine in cifar100.TAXONOMY if coarse in names for f in fine)
+    for split, names in SUPERCLASSES.items()}
+NUM_CLASSES = {"train": 60, "val": 20, "test": 20}
+
+
+def check(root: Path) -> DataCheck:
+    """Whether the CIFAR-100 archive (or its extracted folder) is under `root`."""
+    return cifar100.check(root, NAME)
+
+
+def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
+         image_size: int = cifar100.IMAGE_SIZE, seed: int = 0) -> ClassDataset:
+    """One split of FC100 as a `ClassDataset` of `[M, 3, S, S]` uint8 RGB images.
+
+    Args:
+        split: "train", "val" or "test" (12 / 4 / 4 super-classes: 60 / 20 / 20 classes).
+        root: folder holding `cifar-100-python.tar.gz` (or `<root>/cifar100/`).
+        download: fetch the archive from the official site (MD5-checked) when it is missing.
+        image_size: side of the square images, pixels (32, the native size, in the paper).
+        seed: ignored: the split is fixed by `SUPERCLASS_INDICES`.
+
+    Raises:
+        ConfigError: unknown split or image size below 8.
+        DataError: the archive is missing (named), damaged, or not the official one.
+    """
+    del seed  # the split is a property of the dataset, not of the run
+    if split not in SPLITS:
+        raise ConfigError(f"{NAME} has no split '{split}'; choose one of {', '.join(SPLITS)}")
+    cifar100.resolve_size(NAME, image_size)
+    full = cifar100.load_all(resolve_root(root), NAME, download, image_size)
+    return cifar100.select(full, CLASSES[split], f"{NAME}/{split}")
+
+
+SPEC = DatasetSpec(NAME, load, "images", SPLITS,
+                   "Oreshkin et al. 2018: CIFAR-100 by super-class, 60/20/20 classes, 32x32 RGB",
+                   True, False, image_size=cifar100.IMAGE_SIZE, check=check)
