@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,27 @@ def cached_dataset(cache_dir: Path | None, key: str, name: str,
 def image_tensor(arrays: list[Any]) -> torch.Tensor:
     """Stack HxW uint8 arrays into `[M, 1, H, W]`."""
     return torch.stack([torch.as_tensor(a, dtype=torch.uint8) for a in arrays]).unsqueeze(1)
+
+
+def writable_cache_dir(root: Path, avoid: Path | None = None) -> Path | None:
+    """`root/cache` if it can be written, else `~/.cache/metazoo/cache`, else None (no cache).
+
+    A candidate inside `avoid` (e.g. the user's own image folder) is skipped before it is created.
+    """
+    for candidate in (root / "cache", Path.home() / ".cache" / "metazoo" / "cache"):
+        if avoid is not None and candidate.resolve().is_relative_to(avoid.resolve()):
+            continue
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=candidate):
+                pass
+            return candidate
+        except OSError:
+            continue
+    return None
+
+
+def file_stamp(path: Path) -> tuple[str, int, int]:
+    """`(name, size, mtime_ns)` of a file or folder, for cache keys."""
+    st = path.stat()
+    return path.name, st.st_size, st.st_mtime_ns

@@ -19,8 +19,6 @@ sizes and mtimes, image size, `VERSION`); `cifar_fs` and `fc100` both select cla
 from __future__ import annotations
 
 import io
-import tarfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +27,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from metazoo.data.archives import iter_tar_files
 from metazoo.data.base import ClassDataset
-from metazoo.data.cache import cache_key, cached_dataset
+from metazoo.data.cache import cache_key, cached_dataset, writable_cache_dir
 from metazoo.data.check import DataCheck
 from metazoo.data.download import download as fetch
 from metazoo.data.images import to_rgb
-from metazoo.data.omniglot import writable_cache_dir
 from metazoo.data.safe_pickle import load_pickle
 from metazoo.errors import ConfigError, DataError
 
@@ -153,25 +151,10 @@ def read_members(source: Path) -> dict[str, Any]:
         return {m: load_pickle(source / m, str(source / m)) for m in MEMBERS}
     wanted = {f"{FOLDER}/{m}": m for m in MEMBERS}
     out: dict[str, Any] = {}
-    try:
-        with tarfile.open(source, "r:gz") as tf:
-            for member in tf:
-                key = wanted.get(member.name.removeprefix("./"))
-                if key is None or key in out or not member.isfile():
-                    continue
-                f = tf.extractfile(member)
-                if f is None:
-                    continue
-                with f:
-                    data = f.read()
-                out[key] = load_pickle(io.BytesIO(data), f"{source}:{member.name}")
-                if len(out) == len(MEMBERS):
-                    break
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{source} is not a readable .tar.gz archive ({e}); it may be truncated: "
-                        "delete it and download it again") from None
+    for name, data in iter_tar_files(source, lambda n: n in wanted):
+        out[wanted[name]] = load_pickle(io.BytesIO(data), f"{source}:{name}")
+        if len(out) == len(MEMBERS):
+            break
     absent = [f"{FOLDER}/{m}" for m in MEMBERS if m not in out]
     if absent:
         raise DataError(f"{source} lacks {', '.join(absent)}; it is not the official CIFAR-100 "

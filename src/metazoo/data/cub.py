@@ -26,23 +26,25 @@ keyed by the archive's or metadata files' names, sizes and mtimes, the image siz
 from __future__ import annotations
 
 import os
-import tarfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Iterator
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
+from metazoo.data.archives import iter_tar_files
 from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import cache_key, cached_dataset, resolve_root
+from metazoo.data.cache import (
+    cache_key,
+    cached_dataset,
+    file_stamp,
+    resolve_root,
+    writable_cache_dir,
+)
 from metazoo.data.check import DataCheck
+from metazoo.data.decoding import assemble, decode_rgb_images
 from metazoo.data.download import download as fetch
-from metazoo.data.images import Source, open_image, to_rgb
-from metazoo.data.omniglot import writable_cache_dir
+from metazoo.data.images import Source, check_image_size
 from metazoo.errors import ConfigError, DataError
 
 VERSION = 1  # bump when decoding changes, so stale caches are not reused
@@ -54,7 +56,6 @@ URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?downl
 MD5 = "97eceeb196236b17998738112f37df78"
 EXPECTED: tuple[int, int] | None = (200, 11788)  # (classes, images) of the release
 SPLITS = ("train", "val", "test", "all")
-DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow decodes outside the GIL
 HINT = (f"pass --data-root DIR (holding {ARCHIVE} or its extracted {FOLDER}/ folder) or "
         f"--set data.download=true to fetch {ARCHIVE} (1.1 GB) from the Caltech data repository")
 LAYOUT = f"""
@@ -65,117 +66,6 @@ or its extracted folder <root>/cub/{FOLDER}/ (also <root>/{FOLDER}/ or <root> it
   images/<NNN.Class_Name>/*.jpg
 """
 
-
-# --- helpers shared with other archive datasets (fungi) -------------------------------------
-
-def safe_member_name(archive: Path, name: str) -> str:
-    """A tar member's name as a relative POSIX path without leading `./`.
-
-    Raises:
-        DataError: an absolute name or one with a `..` component (the archive is not trusted).
-    """
-    clean = name.replace("\\", "/")
-    while clean.startswith("./"):
-        clean = clean[2:]
-    parts = PurePosixPath(clean).parts
-    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in parts:
-        raise DataError(f"{archive}: refusing unsafe member '{name}' (absolute path or '..'); "
-                        "the archive is not trustworthy: delete it and download it again")
-    return "/".join(p for p in parts if p != ".")
-
-
-def iter_tar_files(archive: Path, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """`(name, bytes)` of each regular file of a tar archive whose name `want` accepts.
-
-    The archive is streamed (gzip or plain), members are read into memory in archive order and
-    nothing is written to disk; links and folders are skipped. Names are `safe_member_name`s.
-
-    Raises:
-        DataError: an unsafe member name, or a truncated or damaged archive.
-    """
-    try:
-        with tarfile.open(archive, mode="r|*") as tf:
-            for member in tf:
-                name = safe_member_name(archive, member.name)
-                if not name or not member.isfile() or not want(name):
-                    continue
-                fp = tf.extractfile(member)
-                if fp is not None:
-                    yield name, fp.read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{archive} is not a readable tar archive ({e}); it may be truncated: "
-                        "delete it and download it again") from None
-
-
-def _decode_rgb(source: Source, image_size: int, name: str) -> np.ndarray:
-    return to_rgb(open_image(source, name), image_size)
-
-
-def decode_rgb_images(items: Iterable[tuple[str, Source, str]], image_size: int, *,
-                      total: int | None, desc: str) -> dict[str, np.ndarray]:
-    """Decode `(key, bytes or path, name for errors)` items to `[3, S, S]` uint8 arrays by key.
-
-    Runs `DECODE_THREADS` decoders while `items` is still being produced (e.g. streamed from a
-    tar), with a bounded number of images in flight; a tqdm bar shows progress on a terminal.
-
-    Raises:
-        DataError: an image cannot be decoded (its name is in the message).
-    """
-    out: dict[str, np.ndarray] = {}
-    limit = 4 * DECODE_THREADS
-    with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as bar, \
-            ThreadPoolExecutor(DECODE_THREADS) as pool:
-        pending: dict[Future[np.ndarray], str] = {}
-
-        def collect(futures: Iterable[Future[np.ndarray]]) -> None:
-            for f in futures:
-                out[pending.pop(f)] = f.result()
-                bar.update()
-
-        try:
-            for key, source, name in items:
-                if len(pending) >= limit:
-                    collect(wait(pending, return_when=FIRST_COMPLETED).done)
-                pending[pool.submit(_decode_rgb, source, image_size, name)] = key
-            collect(wait(pending).done)
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-    return out
-
-
-def assemble(files: list[list[str]], arrays: dict[str, np.ndarray], class_names: tuple[str, ...],
-             name: str) -> ClassDataset:
-    """A `ClassDataset` whose class `i` holds the arrays of `files[i]`, in that order.
-
-    Rows are moved out of `arrays` into one preallocated tensor, so the peak memory is about one
-    copy of the images, not two.
-    """
-    shape = next(iter(arrays.values())).shape
-    images = torch.empty((sum(len(f) for f in files), *shape), dtype=torch.uint8)
-    row = 0
-    for keys in files:
-        for key in keys:
-            images[row] = torch.from_numpy(arrays.pop(key))
-            row += 1
-    counts = torch.tensor([len(f) for f in files])
-    labels = torch.repeat_interleave(torch.arange(len(files)), counts)
-    return ClassDataset(images, labels, class_names, name)
-
-
-def file_stamp(path: Path) -> tuple[str, int, int]:
-    """`(name, size, mtime_ns)` of a file or folder, for cache keys."""
-    st = path.stat()
-    return path.name, st.st_size, st.st_mtime_ns
-
-
-def check_image_size(name: str, image_size: int) -> None:
-    if image_size < 8:
-        raise ConfigError(f"{name} image_size must be >= 8, got {image_size}")
-
-
-# --- CUB ---------------------------------------------------------------------------------------
 
 def _candidates(root: Path) -> tuple[Path, ...]:
     return root, root / FOLDER, root / NAME / FOLDER

@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 
 from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import cache_key, cached_dataset, resolve_root
+from metazoo.data.cache import cache_key, cached_dataset, resolve_root, writable_cache_dir
 from metazoo.data.check import DataCheck
 from metazoo.data.images import is_grayscale, list_images, open_image, to_gray, to_rgb
-from metazoo.data.omniglot import writable_cache_dir
 from metazoo.errors import ConfigError, DataError
 
 VERSION = 1  # bump when decoding changes, so stale caches are not reused

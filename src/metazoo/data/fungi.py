@@ -41,20 +41,19 @@ from typing import Any
 
 import numpy as np
 
+from metazoo.data.archives import iter_tar_files, safe_member_name
 from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import cache_key, cached_dataset, resolve_root
-from metazoo.data.check import DataCheck
-from metazoo.data.cub import (
-    assemble,
-    check_image_size,
-    decode_rgb_images,
+from metazoo.data.cache import (
+    cache_key,
+    cached_dataset,
     file_stamp,
-    iter_tar_files,
-    safe_member_name,
+    resolve_root,
+    writable_cache_dir,
 )
+from metazoo.data.check import DataCheck
+from metazoo.data.decoding import assemble, decode_rgb_images
 from metazoo.data.download import download as fetch
-from metazoo.data.images import Source
-from metazoo.data.omniglot import writable_cache_dir
+from metazoo.data.images import Source, check_image_size
 from metazoo.errors import ConfigError, DataError
 
 VERSION = 1  # bump when decoding changes, so stale caches are not reused

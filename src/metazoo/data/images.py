@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from metazoo.errors import DataError
+from metazoo.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 RESAMPLE = Image.Resampling.LANCZOS
@@ -110,3 +110,9 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Refuse image sides below 8 pixels (`ConfigError` naming the dataset)."""
+    if image_size < 8:
+        raise ConfigError(f"{name} image_size must be >= 8, got {image_size}")

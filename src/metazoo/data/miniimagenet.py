@@ -30,10 +30,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import cache_key, cached_dataset, resolve_root
+from metazoo.data.cache import cache_key, cached_dataset, resolve_root, writable_cache_dir
 from metazoo.data.check import DataCheck
-from metazoo.data.images import open_image, to_rgb
-from metazoo.data.omniglot import writable_cache_dir
+from metazoo.data.decoding import assemble, decode_rgb_images
+from metazoo.data.images import to_rgb
 from metazoo.data.safe_pickle import load_pickle
 from metazoo.errors import ConfigError, DataError
 
@@ -152,18 +152,10 @@ def read_csv_split(csv_path: Path, split: str, image_size: int) -> ClassDataset:
         by_class.setdefault(label, []).append(filename)
     _check_counts(str(csv_path), split, {c: len(v) for c, v in by_class.items()})
     names = sorted(by_class)
-    out = np.empty((len(rows), 3, image_size, image_size), dtype=np.uint8)
-    labels = np.empty(len(rows), dtype=np.int64)
-    i = 0
-    with _progress(len(rows), split) as bar:
-        for class_id, wnid in enumerate(names):
-            for filename in sorted(by_class[wnid]):
-                out[i] = to_rgb(open_image(images_dir / filename), image_size)
-                labels[i] = class_id
-                i += 1
-                bar.update(1)
-    return ClassDataset(torch.from_numpy(out), torch.from_numpy(labels), tuple(names),
-                        f"{NAME}/{split}")
+    files = [sorted(by_class[wnid]) for wnid in names]
+    items = ((f, images_dir / f, str(images_dir / f)) for fs in files for f in fs)
+    arrays = decode_rgb_images(items, image_size, total=len(rows), desc=f"decoding {NAME}/{split}")
+    return assemble(files, arrays, tuple(names), f"{NAME}/{split}")
 
 
 def read_pickle_split(path: Path, split: str, image_size: int) -> ClassDataset:

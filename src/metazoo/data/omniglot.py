@@ -31,14 +31,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import cache_key, cached_dataset, image_tensor, resolve_root
+from metazoo.data.cache import (
+    cache_key,
+    cached_dataset,
+    image_tensor,
+    resolve_root,
+    writable_cache_dir,
+)
 from metazoo.data.check import DataCheck
 from metazoo.data.download import download as fetch
 from metazoo.data.images import decode_gray
@@ -64,24 +69,6 @@ def find_archive(root: Path, name: str) -> Path | None:
     for folder in (root, root / "omniglot"):
         if (folder / name).is_file():
             return folder / name
-    return None
-
-
-def writable_cache_dir(root: Path, avoid: Path | None = None) -> Path | None:
-    """`root/cache` if it can be written, else `~/.cache/metazoo/cache`, else None (no cache).
-
-    A candidate inside `avoid` (e.g. the user's own image folder) is skipped before it is created.
-    """
-    for candidate in (root / "cache", Path.home() / ".cache" / "metazoo" / "cache"):
-        if avoid is not None and candidate.resolve().is_relative_to(avoid.resolve()):
-            continue
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=candidate):
-                pass
-            return candidate
-        except OSError:
-            continue
     return None
 
 
