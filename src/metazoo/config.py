@@ -1,10 +1,10 @@
 """The typed configuration of a run: the dataclasses the engine reads, and their range checks.
 
-A run is described by one `RunConfig`: sections `data`, `model`, `train`, `eval`, and `algorithm`,
-which holds the algorithm's own config instance (`AlgorithmChoice`). Field types (`Literal`
-choices included) are checked where plain data becomes a config, once, by `metazoo.fields`;
-`RunConfig.validate` adds the range checks. Reading YAML, presets and `--set key=value` is the
-CLI side: `metazoo.config_files`.
+A run is described by one `RunConfig`: sections `data`, `model`, `train`, `eval`, `augment`
+(`metazoo.tasks.augment.AugmentConfig`), and `algorithm`, which holds the algorithm's own config
+instance (`AlgorithmChoice`). Field types (`Literal` choices included) are checked where plain
+data becomes a config, once, by `metazoo.fields`; `RunConfig.validate` adds the range checks.
+Reading YAML, presets and `--set key=value` is the CLI side: `metazoo.config_files`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from metazoo.errors import ConfigError
+from metazoo.tasks.augment import AugmentConfig
 
 if TYPE_CHECKING:
     from metazoo.algorithms.base import AlgorithmConfig
@@ -116,6 +117,8 @@ class RunConfig:
     algorithm: AlgorithmChoice = field(default_factory=_default_algorithm)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    # image episodes: augmentation in training, normalisation everywhere (off by default)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (as `config.json` holds them), the algorithm's options flattened
@@ -155,5 +158,5 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                             "eval": EvalConfig}
+                             "eval": EvalConfig, "augment": AugmentConfig}
 """The plain sections of a `RunConfig`, by key (`algorithm` is the algorithm's own config)."""

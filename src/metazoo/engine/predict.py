@@ -10,7 +10,7 @@ import torch
 
 from metazoo.data import get_spec
 from metazoo.data.folder import load_class_folder, load_images
-from metazoo.engine.run import image_size, load_run
+from metazoo.engine.run import image_size, input_transform, load_run
 from metazoo.errors import ConfigError, DataError
 
 
@@ -42,7 +42,9 @@ def predict_folders(run_dir: Path, support: Path, query: Path, *,
     alg.eval()
     grad = contextlib.nullcontext() if alg.adapts_with_gradients else torch.no_grad()
     with grad:
-        logits = alg.adapt(sx.float() / 255, sy, ways=len(names))(qx.float() / 255)
+        prepare = input_transform(cfg)
+        logits = alg.adapt(prepare(sx.float() / 255), sy, ways=len(names))(
+            prepare(qx.float() / 255))
     probs = logits.detach().softmax(-1)
     best = probs.max(-1)
     return [(f, names[int(i)], float(p)) for f, i, p in

@@ -8,10 +8,12 @@ for `--resume`), `best.safetensors` (weights with the best validation score), `m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from metazoo import algorithms, atomic, models
 from metazoo.algorithms.base import Algorithm
@@ -21,6 +23,7 @@ from metazoo.data import get_spec
 from metazoo.engine import checkpoint
 from metazoo.errors import CheckpointError, ConfigError
 from metazoo.tasks import TaskSource, make_task_source
+from metazoo.tasks.augment import AugmentedEpisodes, normalize
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -86,9 +89,20 @@ def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
     its `input_shape` is what the backbone is built for."""
     shape = cfg.data if training else cfg.eval
     d = cfg.data
-    return make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
-                            queries=shape.queries, seed=cfg.seed, root=d.root,
-                            download=d.download, image_size=image_size(cfg))
+    source = make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
+                              queries=shape.queries, seed=cfg.seed, root=d.root,
+                              download=d.download, image_size=image_size(cfg))
+    augment = cfg.augment if training else cfg.augment.test_time()
+    if get_spec(d.name).kind != "images" or (not augment.random and augment.statistics is None):
+        return source
+    return AugmentedEpisodes(source, augment)
+
+
+def input_transform(cfg: RunConfig) -> Callable[[Tensor], Tensor]:
+    """What the run does to every evaluation image before the network (its normalisation, if
+    any): for images that do not come from its episodes (`predict`, Lake's one-shot runs)."""
+    stats = cfg.augment.statistics
+    return (lambda x: x) if stats is None else (lambda x: normalize(x, *stats))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -9,11 +9,13 @@ of (seed, split, index): see `episode_seed`.
 
 from __future__ import annotations
 
+from metazoo.tasks.augment import AugmentConfig, AugmentedEpisodes
 from metazoo.tasks.batch import TaskBatch, TaskSource
 from metazoo.tasks.episodes import EpisodeSampler, episode_seed
 from metazoo.tasks.sinusoid import SinusoidTasks
 from metazoo.tasks.sinusoid_line import SinusoidLineTasks
 from metazoo.tasks.sources import FAMILIES, make_task_source
 
-__all__ = ["FAMILIES", "EpisodeSampler", "SinusoidLineTasks", "SinusoidTasks", "TaskBatch",
-           "TaskSource", "episode_seed", "make_task_source"]
+__all__ = ["FAMILIES", "AugmentConfig", "AugmentedEpisodes", "EpisodeSampler",
+           "SinusoidLineTasks", "SinusoidTasks", "TaskBatch", "TaskSource", "episode_seed",
+           "make_task_source"]
