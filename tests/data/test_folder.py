@@ -121,3 +121,32 @@ def test_errors(tmp_path):
     two = make_folder(tmp_path / "two", classes=2)
     with pytest.raises(DataError, match="at least 3"):
         folder.load("train", root=two)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header declares `width` x `height` pixels (with a valid CRC)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    raw = bytearray(buf.getvalue())
+    start = raw.index(b"IHDR")
+    raw[start + 4:start + 12] = struct.pack(">II", width, height)
+    raw[start + 17:start + 21] = struct.pack(">I", zlib.crc32(bytes(raw[start:start + 17])))
+    return bytes(raw)
+
+
+def test_an_image_declaring_huge_dimensions_is_refused_before_decoding(tmp_path):
+    root = make_folder(tmp_path / "images", classes=3, per_class=2)
+    bomb = root / "class00" / "bomb.png"
+    bomb.write_bytes(_bomb_png(30000, 30000))
+    with pytest.raises(DataError, match=r"bomb\.png.*decompression bomb") as err:
+        folder.load("all", root=root)  # Pillow's own refusal, above 179 M pixels
+    assert "\n" not in str(err.value)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "q.png").write_bytes(_bomb_png(8000, 8000))  # ours: 64 M > MAX_PIXELS
+    with pytest.raises(DataError, match=r"q\.png declares 8000x8000 pixels"):
+        folder.load_images(queries, 28)

@@ -153,6 +153,25 @@ def test_truncated_zip_is_a_data_error(tmp_path, tiny):
         omniglot.load("background", root=tmp_path)
 
 
+def test_corrupted_compressed_member_is_named(tmp_path, tiny):
+    (tmp_path / "stored").mkdir()
+    stored = make_archive(tmp_path / "stored" / "images_background.zip", BACKGROUND)
+    path = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info) * 20)  # long enough to deflate in blocks
+    bad = "images_background/Greek/character01/0004_02.png"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(bad)
+    raw = bytearray(path.read_bytes())
+    data = info.header_offset + 30 + len(bad.encode())  # local header, then compressed bytes
+    for i in range(data + 8, data + 40):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"cannot read {re.escape(bad)}.*damaged"):
+        omniglot.load("background", root=tmp_path)
+
+
 def test_missing_archive_says_where_and_what_to_pass(tmp_path):
     with pytest.raises(DataError) as err:
         omniglot.load("train", root=tmp_path / "nowhere")

@@ -22,6 +22,7 @@ from metazoo.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 RESAMPLE = Image.Resampling.LANCZOS
+MAX_PIXELS = 40_000_000  # largest image decoded; above it a one-line error (Pillow warns at 89 M)
 GRAY_TOLERANCE = 3  # max channel spread (levels) of a pixel that still counts as gray
 
 Source = bytes | str | os.PathLike[str]
@@ -41,12 +42,18 @@ def open_image(source: Source, name: str | None = None) -> Image.Image:
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
         with fp:
-            img = Image.open(fp)
+            img = Image.open(fp)  # reads the header only
+            width, height = img.size
+            if width * height > MAX_PIXELS:  # refuse before allocating the pixels
+                raise DataError(f"image {label} declares {width}x{height} pixels, more than "
+                                f"the {MAX_PIXELS:,} this library decodes (a decompression "
+                                "bomb or a wrong file); replace or delete the file")
             img.load()  # decode now, while the error can still name the file
             return img
     except FileNotFoundError:
         raise DataError(f"image file not found: {label}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
         raise DataError(f"cannot decode image {label}: {e}; replace or delete the file") from None
 
 

@@ -32,6 +32,7 @@ import hashlib
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -97,7 +98,7 @@ def read_archive(path: Path, part: str, image_size: int) -> ClassDataset:
                 for info in sorted(by_class[cls], key=lambda i: i.filename):
                     try:
                         data = zf.read(info)
-                    except (zipfile.BadZipFile, EOFError, OSError) as e:
+                    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
                         raise DataError(f"{path}: cannot read {info.filename} ({e}); the archive "
                                         "is damaged: delete it and download it again") from None
                     arrays.append(decode_gray(data, image_size, invert=True,
