@@ -145,3 +145,25 @@ def test_image_size_left_open_is_the_datasets_protocol_size_in_config_json(tmp_p
     assert resolved(load_config(None, overrides=["data.image_size=40"])).data.image_size == 40
     with pytest.raises(ConfigError, match=r"data\.image_size must be >= 1"):
         load_config(None, overrides=["data.image_size=0"]).validate()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.outer_lr=nan", "train.outer_lr must be a finite number"),
+    ("train.outer_lr=.inf", "train.outer_lr must be a finite number"),
+    ("train.grad_clip=nan", "train.grad_clip must be a finite number"),
+    ("train.weight_decay=-1", "train.weight_decay must be >= 0"),
+    ("train.grad_clip=0", "train.grad_clip must be > 0"),
+    ("train.time_limit_min=-1", "train.time_limit_min must be > 0"),
+    ("seed=99999999999999999999999", "seed must fit in 64 bits"),
+    ("seed=-1", r"seed must be in \[0, 2\^63\)"),
+    ("eval.queries=0", "eval.queries must be >= 1"),
+    ("data.queries=0", "data.queries must be >= 1"),
+    ("model.hidden=0", "model.hidden, model.blocks"),
+    ("model.blocks=0", "model.hidden, model.blocks"),
+    ("model.widths=[40,0]", "model.hidden, model.blocks"),
+    ("eval.episodes=" + "9" * 300, r"fit in 64 bits.*; got 9{30}.*\(300 characters\)"),
+])
+def test_values_that_mean_nothing_are_refused_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, overrides=[override]).validate()
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200

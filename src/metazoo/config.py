@@ -143,14 +143,30 @@ class RunConfig:
         for key, v in positive.items():
             if v < 1:
                 raise ConfigError(f"{key} must be >= 1, got {v}")
-        non_negative = {"data.queries": d.queries, "eval.queries": e.queries,
-                        "train.meta_steps": t.meta_steps, "eval.every": e.every,
+        non_negative = {"train.meta_steps": t.meta_steps, "eval.every": e.every,
                         "eval.val_episodes": e.val_episodes}
         for key, v in non_negative.items():
             if v < 0:
                 raise ConfigError(f"{key} must be >= 0, got {v}")
         if t.outer_lr <= 0:
             raise ConfigError(f"train.outer_lr must be > 0, got {t.outer_lr}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
+        if d.queries < 1 or e.queries < 1:
+            key = "data.queries" if d.queries < 1 else "eval.queries"
+            raise ConfigError(f"{key} must be >= 1 (the query set is what a task is scored on), "
+                              f"got {min(d.queries, e.queries)}")
+        if t.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+        for key, opt in (("train.grad_clip", t.grad_clip),
+                         ("train.time_limit_min", t.time_limit_min)):
+            if opt is not None and opt <= 0:
+                raise ConfigError(f"{key} must be > 0 (or null for none), got {opt}")
+        m = self.model
+        if m.hidden < 1 or m.blocks < 1 or any(w < 1 for w in (*m.widths, *(m.channels or ()))):
+            raise ConfigError("model.hidden, model.blocks, model.widths and model.channels must "
+                              f"be >= 1; got hidden={m.hidden}, blocks={m.blocks}, "
+                              f"widths={list(m.widths)}, channels={m.channels}")
         if not 0 <= t.momentum < 1:
             raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
         if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):

@@ -2,14 +2,17 @@
 
 A config dataclass declares each field's type (`int`, `float`, `bool`, `str`, `X | None`,
 `Literal[...]` choices, `tuple[int, ...]`); `from_mapping` turns a plain mapping (read from YAML,
-JSON or `--set`) into an instance, checking every key and value against those types. So a
-dataclass's own `validate()` keeps only range and cross-field checks.
+JSON or `--set`) into an instance, checking every key and value against those types. Every
+`float` must be finite (no config value means anything as NaN or infinity) and every `int` must
+fit in 64 bits. So a dataclass's own `validate()` keeps only range and cross-field checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -18,12 +21,20 @@ from typing import Any, Literal, TypeVar
 from metazoo.errors import ConfigError
 
 T = TypeVar("T")
+INT_MAX = 2**63 - 1  # configs hold int64 values (torch seeds, counts)
+INT_MIN = -(2**63)
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     """`"; did you mean 'x'?"` for the closest of `options`, or `""` when none is close."""
     close = difflib.get_close_matches(word, list(options), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters (a 300-digit number stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -39,37 +50,43 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; "
-                              f"got {value!r}")
+                              f"got {_short(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key} must be a list like [40, 40]; got {value!r}")
+            raise ConfigError(f"{key} must be a list like [40, 40]; got {_short(value)}")
         items = typing.get_args(tp)
         if len(items) == 2 and items[1] is Ellipsis:
             return tuple(coerce(v, items[0], key) for v in value)
         if len(items) != len(value):
-            raise ConfigError(f"{key} must be a list of {len(items)} values; got {value!r}")
+            raise ConfigError(f"{key} must be a list of {len(items)} values; got {_short(value)}")
         return tuple(coerce(v, t, key) for v, t in zip(value, items, strict=True))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false; got {value!r}")
+            raise ConfigError(f"{key} must be true or false; got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer; got {value!r}")
+            raise ConfigError(f"{key} must be an integer; got {_short(value)}")
+        if not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"{key} must fit in 64 bits (|value| < 2^63); got {_short(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number; got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key} must be a number; got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ConfigError(f"{key} must be a finite number; got {_short(value)}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number; got {_short(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string; got {value!r}")
+            raise ConfigError(f"{key} must be a string; got {_short(value)}")
         return value
     return value
 

@@ -104,11 +104,16 @@ def test_unknown_backbone_and_bad_options_are_config_errors():
 
     spec = models.BackboneSpec("broken", nn.Linear, broken, "test", ("vector",))
     with models.BACKBONES.temporarily(spec):
-        with pytest.raises(ConfigError, match=r"backbone 'broken': no \(3,\)"):
+        with pytest.raises(ConfigError, match=r"backbone 'broken' cannot be built .*\(no \(3,\)\)"):
             models.build_from_config(ModelConfig(name="broken"), (3,))
         with pytest.raises(ConfigError, match="backbone 'broken'"):
             models.build("broken", nope=1)
     assert "broken" not in models.names()
+    with pytest.raises(ConfigError, match=r"takes image inputs .* vectors of shape \(1,\); "
+                                          "choose model.name=mlp"):
+        models.build_from_config(ModelConfig(name="conv4"), (1,))
+    with pytest.raises(ConfigError, match=r"cannot be built .*Output size is too small"):
+        models.build_from_config(ModelConfig(name="conv4", blocks=9), (1, 28, 28))
 
 
 def test_model_config_fields_are_used_by_some_backbone():

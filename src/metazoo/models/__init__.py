@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import nn
 
 from metazoo.errors import ConfigError
@@ -99,8 +100,10 @@ def get(name: str) -> BackboneSpec:
 def _checked(name: str, make: Callable[[], nn.Module]) -> nn.Module:
     try:
         return make()
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"backbone '{name}': {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # a constructor's probe pass included
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"backbone '{name}' cannot be built with these settings ({first}); "
+                          "check model.* and data.image_size") from None
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
@@ -112,7 +115,31 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 def build_from_config(model: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
     """The backbone of a run's `model` config for inputs of `input_shape`."""
     spec = get(model.name)
-    return _checked(model.name, lambda: spec.build(model, tuple(input_shape)))
+    kind = "image" if len(input_shape) == 3 else "vector"
+    if kind not in spec.inputs:
+        fits = [s.name for s in BACKBONES if kind in s.inputs]
+        raise ConfigError(f"backbone '{model.name}' takes {' or '.join(spec.inputs)} inputs but "
+                          f"the dataset gives {kind}s of shape {tuple(input_shape)}; choose "
+                          f"model.name={' or '.join(fits)}")
+    backbone = _checked(model.name, lambda: spec.build(model, tuple(input_shape)))
+    dry_run(model.name, backbone, tuple(input_shape))
+    return backbone
+
+
+def dry_run(name: str, backbone: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Run `backbone` once on two zero inputs, so settings it cannot run with (too many pooling
+    blocks for the image size, a zero width) are a one-line `ConfigError` before training."""
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(2, *input_shape))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"backbone '{name}' cannot run on inputs of shape {input_shape} with "
+                          f"these model settings ({first}); check model.* and "
+                          "data.image_size") from None
+    if out.numel() == 0:
+        raise ConfigError(f"backbone '{name}' gives empty features for inputs of shape "
+                          f"{input_shape}; check model.* and data.image_size")
 
 
 __all__ = ["BACKBONES", "MLP", "BackboneSpec", "Conv4", "R2D2Conv", "ResNet12", "build",
