@@ -7,7 +7,10 @@ line on stderr and exits with status 2; there is no traceback for mistakes in in
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from metazoo.allocator import tune_allocator
@@ -73,14 +76,20 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from metazoo.config_files import load_config
-    from metazoo.engine.run import CHECKPOINT
     from metazoo.engine.train import train
 
-    cfg = load_config(args.preset, args.config, args.set)
     out = Path(args.out or f"runs/{args.preset or 'default'}")
-    if not args.resume and (out / CHECKPOINT).exists():
-        raise MetazooError(f"'{out}' already holds a run; pass --resume to continue it or "
-                           "--out NEW_DIR to start another")
+    if args.resume:
+        from metazoo.engine.resume import SavedRun, check_overrides
+
+        if args.preset or args.config:
+            given = "--preset" if args.preset else "--config"
+            raise MetazooError(f"--resume takes the config from '{out}/config.json': drop "
+                               f"{given} (and name the folder with --out)")
+        check_overrides(args.set, out)
+        cfg = SavedRun(out, tensors=False).config_with(args.set)
+    else:
+        cfg = load_config(args.preset, args.config, args.set)
     train(cfg, out, resume=args.resume)
     print(f"run folder: {out}")
     return 0
@@ -180,17 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metazoo` command; returns the exit status."""
+    from metazoo.engine.stopping import raise_interrupted
+
     args = build_parser().parse_args(argv)
     tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (`kill`, schedulers) stops a command as Ctrl-C does: with a message, not silently
+    on_term = signal.signal(signal.SIGTERM, raise_interrupted) if main_thread else None
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return status
     except MetazooError as e:
         print(f"metazoo: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("metazoo: interrupted; the last checkpoint is intact (use --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # engine.stopping.Interrupted says what the run folder holds
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"metazoo: {getattr(e, 'message', '') or 'interrupted'}", file=sys.stderr)
+        return 128 + signum
+    except BrokenPipeError:  # `metazoo ... | head -1`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, on_term if on_term is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,8 @@ class ShapeError(MetazooError):
 
 class CheckpointError(MetazooError):
     """A run folder or checkpoint is missing, incomplete or from an incompatible run."""
+
+
+class TrainingError(MetazooError):
+    """Training cannot go on: the meta-loss or the meta-parameters stopped being finite."""
+

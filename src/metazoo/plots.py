@@ -80,7 +80,7 @@ def _sinusoid_figure(run_dir: Path, task: int, kind: str, name: str) -> Iterator
     from metazoo.engine.run import load_run
     from metazoo.tasks import make_task_source
 
-    cfg, alg = load_run(run_dir)
+    cfg, alg = load_run(run_dir, writes=False)  # its PNGs are not the run's files
     src = make_task_source(cfg.data.name, "test", ways=1, shots=cfg.eval.shots, queries=1,
                            seed=cfg.seed)
     batch = src.batch(task, 1)

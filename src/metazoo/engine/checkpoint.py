@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from metazoo import atomic
@@ -33,17 +33,28 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata written by `save`; `CheckpointError` when missing or damaged."""
+    meta = read_meta(path)
+    try:
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is damaged ({e}); delete it or retrain"
+                              ) from None
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a checkpoint, without reading its tensors."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at '{path}'; train first or check the run folder")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
-        return load_file(str(path)), meta
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as e:
         raise CheckpointError(f"checkpoint '{path}' is damaged ({e}); delete it or retrain"
                               ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint '{path}' is damaged (metadata is not a mapping); "
+                              "delete it or retrain")
+    return meta
 
 
 def model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
+
+from metazoo import atomic
 
 FIELDS = ["step", "split", "loss", "acc", "mse", "ci95", "lr", "episodes_per_s", "seconds"]
 
@@ -13,26 +16,30 @@ class MetricsLog:
     """Appends rows to `metrics.csv` in the run folder (and TensorBoard scalars if wanted).
 
     On resume, rows logged after the checkpoint's step are dropped, so the file reads as if the
-    run had never stopped.
+    run had never stopped: so is a last row cut short by a kill, and, with `drop_partial_row`,
+    the train row at the checkpoint's step that closed a partial window when the run stopped
+    there (the resumed run continues that window: its sums are in the checkpoint).
     """
 
     def __init__(self, run_dir: Path, *, resume_step: int | None = None,
-                 tensorboard: bool = True) -> None:
+                 drop_partial_row: bool = False, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
         rows: list[dict[str, str]] = []
         if resume_step is not None and self.path.exists():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+            rows = [r for r in _complete_rows(self.path) if int(r["step"]) < resume_step or (
+                int(r["step"]) == resume_step and not (drop_partial_row and r["split"] == "train"))]
+        text = io.StringIO()
+        w = csv.DictWriter(text, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+        atomic.write_text(self.path, text.getvalue())
         self._tb: Any = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tb"))
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
             except ImportError:  # tensorboard is optional: pip install metazoo[tb]
                 self._tb = None
 
@@ -50,6 +57,23 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _complete_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a `metrics.csv` that a kill did not cut short (the last line without its newline
+    is dropped, as is a row whose step does not parse)."""
+    with path.open(newline="") as f:
+        text = f.read()
+    if not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    rows = []
+    for r in csv.DictReader(io.StringIO(text, newline="")):
+        try:
+            int(r["step"])
+        except (TypeError, ValueError):
+            continue
+        rows.append(r)
+    return rows
 
 
 def read(path: Path) -> list[dict[str, str]]:

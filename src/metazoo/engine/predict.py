@@ -26,7 +26,7 @@ def predict_folders(run_dir: Path, support: Path, query: Path, *,
     Returns:
         `(query file, predicted class name, probability)` per query image.
     """
-    cfg, alg = load_run(run_dir)
+    cfg, alg = load_run(run_dir, writes=False)  # reads only: fine during training
     spec = get_spec(cfg.data.name)
     if spec.kind != "images":
         raise ConfigError(f"run '{run_dir}' was trained on {cfg.data.name}, not on images")

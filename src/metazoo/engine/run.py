@@ -1,16 +1,19 @@
 """From a `RunConfig` to the objects a run needs, and back from a run folder.
 
-A run folder holds `config.json` (the resolved config), `checkpoint.safetensors` (latest state,
-for `--resume`), `best.safetensors` (weights with the best validation score), `metrics.csv` and
-`results.json`.
+A run folder holds `config.json` (the resolved config, written once when the run starts),
+`checkpoint.safetensors` (latest state, for `--resume`), `best.safetensors` (weights with the
+best validation score), `metrics.csv`, `results.json`, `resumes.json` (what each resume changed,
+if one did) and, while a run trains in it, `.lock` (see `engine.lock`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +23,7 @@ from metazoo.algorithms.base import Algorithm
 from metazoo.config import RunConfig
 from metazoo.config_files import apply_overrides, from_dict
 from metazoo.data import get_spec
-from metazoo.engine import checkpoint
+from metazoo.engine import checkpoint, lock
 from metazoo.errors import CheckpointError, ConfigError
 from metazoo.tasks import TaskSource, make_task_source
 from metazoo.tasks.augment import AugmentedEpisodes, normalize
@@ -122,13 +125,36 @@ def read_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"'{path}' is damaged: {e}") from None
 
 
+MAX_INPUT_ELEMENTS = 3 * 1024 * 1024  # one input of a run: a 1024x1024 colour image at most
+
+
+def checked_shape(value: Any, path: Path) -> tuple[int, ...] | None:
+    """A checkpoint's recorded `input_shape`, checked before anything is allocated for it."""
+    if value is None:
+        return None
+    ok = (isinstance(value, list) and 1 <= len(value) <= 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+          and math.prod(value) <= MAX_INPUT_ELEMENTS)
+    if not ok:
+        raise CheckpointError(f"checkpoint '{path}' records input_shape {str(value)[:60]}, not "
+                              f"1-3 positive integers of at most {MAX_INPUT_ELEMENTS:,} elements "
+                              "in all; the file is damaged: retrain")
+    return tuple(value)
+
+
 def load_run(run_dir: Path, *, data_root: str | None = None,
-             algorithm_options: list[str] | None = None) -> tuple[RunConfig, Algorithm]:
+             algorithm_options: list[str] | None = None,
+             writes: bool = True) -> tuple[RunConfig, Algorithm]:
     """Config and trained algorithm of a run folder (best weights, else the latest).
 
     `algorithm_options` (`algorithm.KEY=VALUE`) change how the trained weights are used, such
     as Reptile's `bn_mode` or the number of test-time inner steps; nothing else may change.
+    With `writes` (the caller will write results into the folder: `metazoo eval`) a folder that
+    a training run holds is refused rather than written into under it.
     """
+    if writes and (busy := lock.holder(Path(run_dir))) is not None:
+        raise lock.RunFolderBusy(f"'{run_dir}' is being trained by {lock.describe(busy)}; "
+                                 "evaluate it once that run has ended")
     cfg = read_config(run_dir)
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
@@ -140,7 +166,12 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
         cfg = from_dict(apply_overrides(cfg.to_dict(), algorithm_options))
     weights = run_dir / BEST if (run_dir / BEST).exists() else run_dir / CHECKPOINT
     tensors, meta = checkpoint.load(weights)
-    shape = tuple(meta.get("input_shape") or input_shape(cfg))
+    shape = checked_shape(meta.get("input_shape"), weights) or input_shape(cfg)
+    broken = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise CheckpointError(f"weights in '{weights}' are not finite ({broken[0]} holds NaN or "
+                              "inf): the run diverged; retrain with a lower train.outer_lr or "
+                              "train.grad_clip")
     alg = build_algorithm(cfg, shape)
     try:
         alg.load_state_dict(checkpoint.model_state(tensors))

@@ -8,9 +8,11 @@ training task source, a pure function of (seed, split, s), so `--resume` from a 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,26 @@ from metazoo import batching
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
-from metazoo.engine import checkpoint
+from metazoo.engine import checkpoint, lock
 from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
+from metazoo.engine.resume import RESUMES, SavedRun, identity, normal
+from metazoo.engine.resume import record as record_resume
 from metazoo.engine.run import (
     BEST,
     CHECKPOINT,
     CONFIG,
     RESULTS,
     build_algorithm,
-    read_config,
     resolve_device,
     resolved,
     task_source,
     write_json,
 )
-from metazoo.errors import CheckpointError
+from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
+from metazoo.errors import CheckpointError, TrainingError
+
+RNG = "rng.torch"  # the CPU generator's state, in a checkpoint
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -65,12 +71,14 @@ def _better(result: EvalResult, best: float | None) -> bool:
 
 
 def _save_state(path: Path, alg: Algorithm, opt: torch.optim.Optimizer, step: int,
-                best: float | None, shape: tuple[int, ...]) -> None:
+                best: float | None, shape: tuple[int, ...],
+                extra: dict[str, Any] | None = None) -> None:
     tensors = checkpoint.model_tensors(alg.state_dict())
     opt_tensors, opt_meta = checkpoint.optimizer_to_flat(opt.state_dict())
     tensors.update(opt_tensors)
+    tensors[RNG] = torch.get_rng_state()  # what dropout draws next, so a resume draws the same
     checkpoint.save(path, tensors, {"step": step, "best": best, "optimizer": opt_meta,
-                                    "input_shape": list(shape)})
+                                    "input_shape": list(shape), **(extra or {})})
 
 
 def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
@@ -80,30 +88,103 @@ def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
                                     "input_shape": list(shape)})
 
 
+def _say(line: str) -> None:
+    """Print to stdout; a reader that went away (`| head -1`) does not stop the run."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later prints and the exit flush go nowhere
+        os.close(devnull)
+
+
 def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Meta-train per `cfg` into `run_dir`, then evaluate on `cfg.eval.split`; returns results.
 
-    With `resume=True` the run continues from `run_dir/checkpoint.safetensors` (its saved config
-    is used; `cfg` may only change `train.meta_steps` and evaluation settings).
+    The run holds `run_dir` for its life (`engine.lock`): another run there is refused. A start
+    that fails (bad config, missing data, Ctrl-C) leaves the folder as it was. With
+    `resume=True` the run continues from `run_dir/checkpoint.safetensors` with the config it was
+    trained with; `cfg` may differ from it only in `train.meta_steps` (to extend the run) and
+    evaluation settings (see `engine.resume`). SIGINT and SIGTERM stop after the current step
+    with a checkpoint (`engine.stopping`); `Interrupted` says what the folder holds.
     """
     tune_allocator()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    with lock.claim(run_dir, "train") as claimed:
+        try:
+            return _train(cfg, run_dir, resume, claimed)
+        except KeyboardInterrupt as e:
+            if isinstance(e, Interrupted) and e.message:
+                raise
+            signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+            raise Interrupted(signum, _interrupted(run_dir, signum, claimed.started)) from None
+
+
+def _interrupted(run_dir: Path, signum: int, started: bool) -> str:
+    """What a run stopped by `signum` leaves, in one line."""
+    name = signal_name(signum)
+    if not started:
+        return f"{name} before the run started; '{run_dir}' is as it was"
+    try:
+        step = checkpoint.read_meta(run_dir / CHECKPOINT)["step"]
+    except (CheckpointError, KeyError):
+        return (f"{name} before the first checkpoint: nothing to resume in '{run_dir}'; "
+                "start the run again (without --resume)")
+    return (f"{name}: the checkpoint at step {step} in '{run_dir}' is intact; continue with "
+            f"metazoo train --out {run_dir} --resume")
+
+
+def _finite(alg: Algorithm) -> bool:
+    """Whether every meta-parameter is finite (one reduction per tensor, one sync)."""
+    sums = [p.detach().sum() for p in alg.parameters()]
+    return bool(torch.stack(sums).isfinite().all()) if sums else True
+
+
+def _diverged(run_dir: Path, step: int, what: str) -> str:
+    """The one-line error of a run whose training diverged at `step`."""
+    try:
+        last = checkpoint.read_meta(run_dir / CHECKPOINT)["step"]
+        kept = f"the checkpoint at step {last} is kept"
+    except (CheckpointError, KeyError):
+        kept = "no checkpoint was written"
+    return (f"training diverged at step {step}: {what}; {kept}; lower train.outer_lr or set "
+            "train.grad_clip, then start a new run")
+
+
+def _remove_debris(run_dir: Path) -> None:
+    """Temporary files of writes that a kill -9 cut short: `metazoo.atomic`'s, and those that
+    safetensors writes before renaming (`.tmp` and six characters: Rust's `tempfile`)."""
+    names = (CONFIG, CHECKPOINT, BEST, RESULTS, RESUMES, "metrics.csv")
+    for path in run_dir.iterdir():
+        n = path.name
+        ours = any(n.startswith(f".{name}.") and n.endswith(".tmp") for name in names)
+        if (ours or (n.startswith(".tmp") and len(n) == 10)) and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> dict[str, Any]:
     start_step, best = 0, None
     state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
-    if resume:
-        saved = read_config(run_dir)
-        cfg = replace(saved, train=replace(saved.train, meta_steps=cfg.train.meta_steps),
-                      eval=cfg.eval)
-        state = checkpoint.load(run_dir / CHECKPOINT)
-        start_step, best = int(state[1]["step"]), state[1]["best"]
+    changed: dict[str, list[Any]] = {}
     cfg = resolved(cfg)
-    write_json(run_dir / CONFIG, cfg.to_dict())
+    if resume:
+        saved = SavedRun(run_dir)
+        changed = saved.check(cfg)
+        run_config = saved.run_config
+        state = saved.tensors, saved.meta
+        start_step, best = saved.step, saved.meta["best"]
+    else:
+        if (run_dir / CHECKPOINT).exists():
+            raise CheckpointError(f"'{run_dir}' already holds a run; pass --resume to continue "
+                                  "it or --out NEW_DIR to start another")
+        run_config = normal(cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
     train_src = task_source(cfg, "train", training=True)  # the train split, loaded once
     shape = tuple(state[1]["input_shape"]) if state else train_src.input_shape
     alg = build_algorithm(cfg, shape).to(device)
     opt = make_optimizer(alg, cfg.train)
+    window: dict[str, Any] = {}
     if state is not None:
         tensors, meta = state
         try:
@@ -112,68 +193,114 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint in '{run_dir}' does not fit its config: "
                                   f"{str(e).splitlines()[0]}") from None
+        window = meta.get("log_window") or {}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.train, s),
                                               last_epoch=start_step - 1)
     if start_step:  # LambdaLR with last_epoch >= 0 needs initial_lr; recompute the current lr
         for group in opt.param_groups:
             group["lr"] = cfg.train.outer_lr * lr_factor(cfg.train, start_step)
-
     val_src = (task_source(cfg, "val", training=False)
                if cfg.eval.every and cfg.eval.val_episodes else None)
-    log = MetricsLog(run_dir, resume_step=start_step if resume else None,
-                     tensorboard=cfg.train.tensorboard)
     t = cfg.train
-    sums: dict[str, float] = defaultdict(float)
-    window_start, window_steps = time.perf_counter(), 0
+
+    # The run starts: from here on it changes the folder.
+    claimed.started = True
+    _remove_debris(run_dir)
+    if resume:
+        if changed:
+            record_resume(run_dir, start_step, changed)
+    else:
+        for stale in (BEST, RESULTS, RESUMES):  # of an earlier start that had no checkpoint
+            (run_dir / stale).unlink(missing_ok=True)
+        write_json(run_dir / CONFIG, run_config)  # once: a resume never rewrites it
+    ident = identity(run_config, cfg)
+    # The training log's window is aligned to multiples of log_every; a checkpoint carries the
+    # open window's sums, so the rows after a resume equal those of a run never stopped.
+    sums: dict[str, float] = defaultdict(float, window.get("sums", {}))
+    window_steps = int(window.get("steps", 0))
+    window_start = time.perf_counter() - float(window.get("seconds", 0.0))
+    log = MetricsLog(run_dir, resume_step=start_step if resume else None,
+                     drop_partial_row=bool(window_steps) and start_step < t.meta_steps,
+                     tensorboard=t.tensorboard)
+
+    def save(step: int) -> None:
+        open_window = {"sums": dict(sums), "steps": window_steps,
+                       "seconds": time.perf_counter() - window_start}
+        _save_state(run_dir / CHECKPOINT, alg, opt, step, best, shape,
+                    {**ident, "log_window": open_window})
+
+    if state is not None and RNG in state[0]:
+        torch.set_rng_state(state[0][RNG])
     bar = tqdm(range(start_step, t.meta_steps), initial=start_step, total=t.meta_steps,
                disable=not t.progress, desc="meta-train", unit="step", dynamic_ncols=True)
     alg.train()
     started = time.perf_counter()
-    for step in bar:
-        batch = train_src.batch(step, t.meta_batch_size).to(device)
-        opt.zero_grad(set_to_none=True)
-        alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
-        loss, metrics = batching.meta_backward(alg, batch)  # the strategy measured fastest
-        alg.end_step(batch)  # state carried between steps (Reptile's Adam, MAML++'s statistics)
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
-        opt.step()
-        sched.step()
-        sums["loss"] += float(loss.detach())
-        for k, v in metrics.items():
-            sums[k] += float(v.detach())
-        window_steps += 1
-        done = step + 1
-        out_of_time = bool(t.time_limit_min) and (
-            time.perf_counter() - started > 60 * (t.time_limit_min or 0))
-        last = done == t.meta_steps or out_of_time
-        if done % t.log_every == 0 or last:
-            secs = time.perf_counter() - window_start
-            means = {k: v / window_steps for k, v in sums.items()}
-            eps = window_steps * t.meta_batch_size / max(secs, 1e-9)
-            log.write(done, "train", lr=opt.param_groups[0]["lr"], episodes_per_s=eps,
-                      seconds=secs, **means)
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()}, "eps/s": f"{eps:.1f}"})
-            sums.clear()
-            window_start, window_steps = time.perf_counter(), 0
-        if val_src is not None and (done % cfg.eval.every == 0 or last):
-            result = evaluate(alg, val_src, episodes=cfg.eval.val_episodes,
-                              batch_size=cfg.eval.batch_size, split="val", device=device)
-            log.write(done, "val", seconds=result.seconds, ci95=result.ci95,
-                      **{"acc" if result.metric == "accuracy" else "mse": result.mean})
-            if _better(result, best):
-                best = result.mean
-                _save_best(run_dir / BEST, alg, done, result, shape)
-            _save_state(run_dir / CHECKPOINT, alg, opt, done, best, shape)
-        elif done % t.checkpoint_every == 0 or last:
-            _save_state(run_dir / CHECKPOINT, alg, opt, done, best, shape)
-        if out_of_time:
-            print(f"train.time_limit_min={t.time_limit_min} reached after {done} steps")
-            break
-    bar.close()
-    log.close()
+    try:
+        with stop_after_step() as stop:
+            for step in bar:
+                batch = train_src.batch(step, t.meta_batch_size).to(device)
+                opt.zero_grad(set_to_none=True)
+                alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
+                loss, metrics = batching.meta_backward(alg, batch)  # the strategy measured fastest
+                if not math.isfinite(float(loss.detach())):
+                    raise TrainingError(_diverged(run_dir, step + 1, "the meta-loss is "
+                                                  f"{float(loss.detach())}"))
+                alg.end_step(batch)  # state carried between steps (Reptile's Adam, MAML++'s stats)
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
+                opt.step()
+                sched.step()
+                if not _finite(alg):  # checked before any save: a checkpoint is never NaN
+                    raise TrainingError(_diverged(run_dir, step + 1, "the meta-parameters are "
+                                                  "no longer finite"))
+                sums["loss"] += float(loss.detach())
+                for k, v in metrics.items():
+                    sums[k] += float(v.detach())
+                window_steps += 1
+                done = step + 1
+                out_of_time = bool(t.time_limit_min) and (
+                    time.perf_counter() - started > 60 * (t.time_limit_min or 0))
+                last = done == t.meta_steps or out_of_time
+                if done % t.log_every == 0 or last:
+                    secs = time.perf_counter() - window_start
+                    means = {k: v / window_steps for k, v in sums.items()}
+                    eps = window_steps * t.meta_batch_size / max(secs, 1e-9)
+                    log.write(done, "train", lr=opt.param_groups[0]["lr"], episodes_per_s=eps,
+                              seconds=secs, **means)
+                    bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()},
+                                     "eps/s": f"{eps:.1f}"})
+                    if done % t.log_every == 0:  # a last, partial window stays open
+                        sums.clear()
+                        window_start, window_steps = time.perf_counter(), 0
+                checkpointed = True
+                if val_src is not None and (done % cfg.eval.every == 0 or last):
+                    result = evaluate(alg, val_src, episodes=cfg.eval.val_episodes,
+                                      batch_size=cfg.eval.batch_size, split="val", device=device)
+                    log.write(done, "val", seconds=result.seconds, ci95=result.ci95,
+                              **{"acc" if result.metric == "accuracy" else "mse": result.mean})
+                    if _better(result, best):
+                        best = result.mean
+                        _save_best(run_dir / BEST, alg, done, result, shape)
+                    save(done)
+                elif done % t.checkpoint_every == 0 or last:
+                    save(done)
+                else:
+                    checkpointed = False
+                if stop.signum:
+                    if not checkpointed:
+                        save(done)
+                    raise Interrupted(stop.signum, (
+                        f"{signal_name(stop.signum)}: stopped after step {done}; checkpoint "
+                        f"saved in '{run_dir}'; continue with metazoo train --out {run_dir} "
+                        "--resume"))
+                if out_of_time:
+                    _say(f"train.time_limit_min={t.time_limit_min} reached after {done} steps")
+                    break
+    finally:
+        bar.close()
+        log.close()
     if start_step == t.meta_steps == 0 or not (run_dir / CHECKPOINT).exists():
-        _save_state(run_dir / CHECKPOINT, alg, opt, t.meta_steps, best, shape)
+        save(t.meta_steps)
     return final_evaluation(cfg, run_dir, alg, device)
 
 
@@ -191,5 +318,5 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm,
     out = {**result.to_json(), "weights": weights, "algorithm": cfg.algorithm.name,
            "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg), "device": str(device)}
     write_json(run_dir / RESULTS, out)
-    print(result.line())
+    _say(result.line())
     return out

@@ -1,0 +1,69 @@
+"""Stopping a run on request: SIGINT (Ctrl-C) and SIGTERM (`kill`, schedulers) alike.
+
+While training, the first signal asks the loop to stop after the step in progress; the loop then
+saves a checkpoint and raises `Interrupted`, whose message says what was kept. A second signal
+stops at once (the last checkpoint written is intact: checkpoints are written atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop requested by `signum`; `message` says what the run folder holds (may be empty)."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """A signal handler: stop now, as Ctrl-C does."""
+    raise Interrupted(signum)
+
+
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM inside `stop_after_step`."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+
+@contextmanager
+def stop_after_step() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM set `signum` of the yielded request (the loop stops after its step); a
+    second one raises `Interrupted` at once. Outside the main thread signals are not touched."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if request.signum:
+            raise Interrupted(signum)
+        request.signum = signum
+        os.write(2, f"\nmetazoo: {signal_name(signum)}: stopping after this step and saving a "
+                    "checkpoint (send it again to stop at once)\n".encode())
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
