@@ -66,7 +66,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
 
 
 def download(url: str, dest: str | os.PathLike[str], *, md5: str | None = None,
-             sha256: str | None = None, retries: int = 3, timeout: float = 60,
+             sha256: str | None = None, retries: int = 3, timeout: float = 15,
              backoff: float = 1.0) -> Path:
     """Download `url` to `dest`, verified, resuming a previous partial download.
 

@@ -172,6 +172,9 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
                           f"{', '.join(SPLITS)}")
     if image_size < 4:
         raise ConfigError(f"folder image_size must be >= 4, got {image_size}")
+    if not root and not os.environ.get("METAZOO_DATA"):
+        raise DataError("the folder dataset reads your own images: pass --set data.root=DIR "
+                        "(or --data-root DIR), a folder with one sub-folder per class")
     folder = _folder(resolve_root(root)).resolve()
     names, files = scan_classes(folder)
     listing = [(str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)

@@ -90,3 +90,29 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     for pid, entry in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(entry)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def mismatch(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """One line on how `state` differs from `module.state_dict()`: missing and unexpected keys
+    and shapes that differ (a few of each named), or "" when it fits."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(want[k].shape)}" for k in want
+              if k in state and state[k].shape != want[k].shape]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    parts = [f"{len(v)} {what} ({few(v)})" for what, v in
+             (("missing", missing), ("unexpected", extra), ("of another shape", shapes)) if v]
+    return "; ".join(parts)
+
+
+def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """`module.load_state_dict(state)`, or a one-line `CheckpointError` saying what differs."""
+    problem = mismatch(module, state)
+    if problem:
+        raise CheckpointError(f"weights in '{where}' do not fit the run's config: {problem}")
+    module.load_state_dict(state)
+

@@ -18,6 +18,7 @@ import torch
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
+from metazoo.errors import ConfigError
 from metazoo.metrics import accuracy, mean_and_ci95, mse
 from metazoo.tasks import TaskBatch, TaskSource
 
@@ -116,12 +117,21 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
     device = resolve_device(cfg.train.device)
     alg.to(device)
     e = cfg.eval
-    ev = replace(e, episodes=episodes or e.episodes, split=split or e.split, ways=ways or e.ways,
-                 shots=shots or e.shots, queries=queries or e.queries)
+    asked: dict[str, Any] = {"episodes": episodes, "split": split, "ways": ways, "shots": shots,
+                             "queries": queries}
+    ev = replace(e, **{k: v for k, v in asked.items() if v is not None})
     cfg = replace(cfg, eval=ev)
+    cfg.validate()  # --episodes -3 or --ways 0 mean nothing: refused before any work
     alg.check_ways(ev.ways)
-    result = evaluate(alg, task_source(cfg, ev.split, training=False), episodes=ev.episodes,
-                      batch_size=ev.batch_size, split=ev.split, device=device)
+    source = task_source(cfg, ev.split, training=False)
+    trained = tuple(getattr(alg.backbone, "input_shape", source.input_shape))
+    if tuple(source.input_shape) != trained:
+        raise ConfigError(f"the run was trained on inputs of shape {trained} but "
+                          f"{cfg.data.name}/{ev.split} gives {tuple(source.input_shape)} "
+                          "(colour against grey, or another image size); evaluate it on data "
+                          "like its training data")
+    result = evaluate(alg, source, episodes=ev.episodes, batch_size=ev.batch_size,
+                      split=ev.split, device=device)
     path = run / results_name(options)
     write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
                       "options": list(options or []), "dataset": cfg.data.name,

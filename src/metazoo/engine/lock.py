@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from metazoo.errors import MetazooError
+from metazoo.errors import ConfigError, MetazooError
 
 try:
     import fcntl
@@ -182,8 +182,14 @@ def claim(run_dir: Path, command: str = "train") -> Iterator[Claim]:
     """Create `run_dir` if needed and lock it for the block. If the block fails before setting
     `started`, the folders this created are removed again: a failed start leaves nothing."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out '{run_dir}' is a file, not a folder; name a new folder")
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder '{run_dir}' ({e.strerror}); name "
+                          "another --out") from None
     lock = RunLock(run_dir, command)
     state = Claim()
     try:

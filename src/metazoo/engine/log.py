@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from metazoo import atomic
+from metazoo.errors import CheckpointError
 
 FIELDS = ["step", "split", "loss", "acc", "mse", "ci95", "lr", "episodes_per_s", "seconds"]
 
@@ -77,6 +78,19 @@ def _complete_rows(path: Path) -> list[dict[str, str]]:
 
 
 def read(path: Path) -> list[dict[str, str]]:
-    """Rows of a `metrics.csv`."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    """Rows of a `metrics.csv`, each checked: `step` an integer, `split` a name, every other
+    value empty or a number; a damaged file is one `CheckpointError` naming the row."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for i, row in enumerate(rows, start=2):  # line 1 is the header
+            if None in row or not row.get("split"):
+                raise ValueError(f"line {i} has missing or extra columns")
+            int(row["step"])
+            for key, value in row.items():
+                if key not in ("step", "split") and value:
+                    float(value)
+    except (UnicodeDecodeError, csv.Error, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"'{path}' is damaged ({str(e).splitlines()[0]}); it is the "
+                              "training log: restore it or retrain") from None
+    return rows

@@ -173,9 +173,5 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
                               "inf): the run diverged; retrain with a lower train.outer_lr or "
                               "train.grad_clip")
     alg = build_algorithm(cfg, shape)
-    try:
-        alg.load_state_dict(checkpoint.model_state(tensors))
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{weights}' do not fit the run's config: "
-                              f"{str(e).splitlines()[0]}") from None
+    checkpoint.load_into(alg, checkpoint.model_state(tensors), str(weights))
     return cfg, alg

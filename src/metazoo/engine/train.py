@@ -41,6 +41,7 @@ from metazoo.engine.run import (
 )
 from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
 from metazoo.errors import CheckpointError, TrainingError
+from metazoo.tasks import TaskSource
 
 RNG = "rng.torch"  # the CPU generator's state, in a checkpoint
 
@@ -187,8 +188,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
     window: dict[str, Any] = {}
     if state is not None:
         tensors, meta = state
+        checkpoint.load_into(alg, checkpoint.model_state(tensors), str(run_dir / CHECKPOINT))
         try:
-            alg.load_state_dict(checkpoint.model_state(tensors))
             opt.load_state_dict(checkpoint.optimizer_from_flat(tensors, meta["optimizer"]))
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint in '{run_dir}' does not fit its config: "
@@ -201,6 +202,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
             group["lr"] = cfg.train.outer_lr * lr_factor(cfg.train, start_step)
     val_src = (task_source(cfg, "val", training=False)
                if cfg.eval.every and cfg.eval.val_episodes else None)
+    test_src = task_source(cfg, cfg.eval.split, training=False)  # its errors before training
     t = cfg.train
 
     # The run starts: from here on it changes the folder.
@@ -301,18 +303,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
         log.close()
     if start_step == t.meta_steps == 0 or not (run_dir / CHECKPOINT).exists():
         save(t.meta_steps)
-    return final_evaluation(cfg, run_dir, alg, device)
+    return final_evaluation(cfg, run_dir, alg, device, test_src)
 
 
-def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm,
-                     device: torch.device) -> dict[str, Any]:
+def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm, device: torch.device,
+                     src: TaskSource | None = None) -> dict[str, Any]:
     """Test the best weights (or the last, without validation); write `results.json`."""
     weights = "last"
     if (run_dir / BEST).exists():
         tensors, _ = checkpoint.load(run_dir / BEST)
         alg.load_state_dict(checkpoint.model_state(tensors))
         weights = "best"
-    src = task_source(cfg, cfg.eval.split, training=False)
+    src = src or task_source(cfg, cfg.eval.split, training=False)
     result = evaluate(alg, src, episodes=cfg.eval.episodes, batch_size=cfg.eval.batch_size,
                       split=cfg.eval.split, device=device)
     out = {**result.to_json(), "weights": weights, "algorithm": cfg.algorithm.name,
