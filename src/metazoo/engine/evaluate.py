@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,17 +36,35 @@ class EvalResult:
     queries: int
     split: str
     seconds: float
+    coverage95: float | None = None  # probabilistic regression: targets inside the 95% interval
 
     def line(self) -> str:
         """One line for the terminal, e.g. `test accuracy 0.9712 ± 0.0031 (600 episodes, ...)`."""
+        coverage = "" if self.coverage95 is None else \
+            f", 95% interval holds {self.coverage95:.3f} of targets"
         return (f"{self.split} {self.metric} {self.mean:.4f} ± {self.ci95:.4f} "
                 f"({self.episodes} episodes, {self.ways}-way {self.shots}-shot "
-                f"{self.queries}-query, {self.seconds:.1f} s)")
+                f"{self.queries}-query, {self.seconds:.1f} s{coverage})")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d[self.metric] = d.pop("mean")
+        if self.coverage95 is None:
+            del d["coverage95"]
         return d
+
+
+def interval_coverage(predictive: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                      batch: TaskBatch) -> torch.Tensor:
+    """Per task of `batch`: the fraction of query targets inside the predictive distribution's
+    central 95% interval (mean ± 1.96 sd per output), for methods with `predictive` (ALPaCA).
+    Calibrated uncertainty gives about 0.95."""
+    out = []
+    for i in range(len(batch)):
+        mean, cov = predictive(batch.support_x[i], batch.support_y[i], batch.query_x[i])
+        sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+        out.append(((batch.query_y[i] - mean).abs() <= 1.96 * sd).float().mean())
+    return torch.stack(out)
 
 
 def episode_batches(source: TaskSource, episodes: int, batch_size: int) -> Iterator[TaskBatch]:
@@ -64,6 +82,8 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
     was_training = algorithm.training
     algorithm.eval()
     values: list[torch.Tensor] = []
+    coverage: list[torch.Tensor] = []
+    predictive = getattr(algorithm, "predictive", None)
     metric = "accuracy"
     start = time.perf_counter()
     grad = contextlib.nullcontext() if algorithm.adapts_with_gradients else torch.no_grad()
@@ -76,13 +96,16 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
                 if b.kind == "regression":
                     metric = "mse"
                     values.append(mse(out, b.query_y).cpu())
+                    if predictive is not None:
+                        coverage.append(interval_coverage(predictive, b).cpu())
                 else:
                     values.append(accuracy(out, b.query_y).cpu())
     finally:
         algorithm.train(was_training)
     mean, ci = mean_and_ci95(torch.cat(values))
+    covered = float(torch.cat(coverage).mean()) if coverage else None
     return EvalResult(metric, mean, ci, episodes, source.ways, source.shots, source.queries, split,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, covered)
 
 
 def batch_norm_mode(alg: Algorithm) -> str:
