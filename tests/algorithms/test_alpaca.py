@@ -63,6 +63,7 @@ def test_bad_targets_and_config_raise():
 
 @pytest.mark.slow
 def test_learns_sinusoid_with_calibrated_intervals():
+    from metazoo.engine.evaluate import evaluate, interval_coverage
     from metazoo.tasks import SinusoidTasks
 
     torch.manual_seed(0)
@@ -77,15 +78,17 @@ def test_learns_sinusoid_with_calibrated_intervals():
     test = SinusoidTasks(shots=10, queries=50, seed=0, split="test").batch(0, 100)
     alg.eval()
     with torch.no_grad():
-        means, inside = [], []
+        means = []
         for i in range(len(test)):
-            mean, cov = alg.predictive(test.support_x[i], test.support_y[i], test.query_x[i])
+            mean, _ = alg.predictive(test.support_x[i], test.support_y[i], test.query_x[i])
             prior, _ = alg.predictive(test.support_x[i], test.support_y[i], test.query_x[i], 0)
             means.append(((mean - test.query_y[i]) ** 2).mean() / ((prior - test.query_y[i]) ** 2
                                                                     ).mean())
-            half = 1.96 * cov[:, 0, 0].sqrt()
-            inside.append(((test.query_y[i] - mean).abs()[:, 0] <= half).float().mean())
-    ratio, coverage = torch.stack(means).mean().item(), torch.stack(inside).mean().item()
+        coverage = interval_coverage(alg.predictive, test).mean().item()
+        reported = evaluate(alg, SinusoidTasks(shots=10, queries=50, seed=0, split="test"),
+                            episodes=100, batch_size=100)
+    assert reported.coverage95 == pytest.approx(coverage)
+    ratio = torch.stack(means).mean().item()
     print(f"alpaca sinusoid: post/prior MSE {ratio:.3f}, 95% interval coverage {coverage:.3f}")
     assert ratio < 0.2
     assert 0.85 <= coverage <= 0.995

@@ -69,3 +69,20 @@ def test_a_run_loads_each_split_once(tmp_path):
     with DATASETS.temporarily(DatasetSpec("counted", load, "images", tuple(seeds), "", False)):
         train(load_config(overrides=["data.name=counted", *FAST]), tmp_path / "run")
     assert loads == {"train": 1, "val": 1, "test": 1}
+
+
+def test_only_probabilistic_regression_reports_interval_coverage():
+    import torch
+
+    from metazoo.algorithms import build
+    from metazoo.engine.evaluate import evaluate
+    from metazoo.models import MLP
+    from metazoo.tasks import SinusoidTasks
+
+    torch.manual_seed(0)
+    src = SinusoidTasks(shots=5, queries=10, seed=0, split="test")
+    alpaca = evaluate(build("alpaca", MLP((1,), (16,), "tanh"), ways=1), src, episodes=8)
+    maml = evaluate(build("maml", MLP((1,), (16,)), ways=1), src, episodes=8)
+    assert alpaca.coverage95 is not None and 0.0 <= alpaca.coverage95 <= 1.0
+    assert "95% interval holds" in alpaca.line() and "coverage95" in alpaca.to_json()
+    assert maml.coverage95 is None and "coverage95" not in maml.to_json()
