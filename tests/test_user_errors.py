@@ -89,10 +89,13 @@ def test_garbled_metrics_csv_is_named_by_plot(tmp_path, run, capsys):
     _fails_in_one_line(capsys, ["plot", str(copy)], "metrics.csv' is damaged")
 
 
-def test_an_impossible_test_split_is_refused_before_training(tmp_path, capsys):
+@pytest.mark.parametrize("option, needle", [
+    ("eval.ways=5000", "5000-way episodes need 5000 classes"),
+    ("eval.split=bogus", "has no split 'bogus'"),
+])
+def test_an_impossible_test_split_is_refused_before_training(tmp_path, capsys, option, needle):
     _fails_in_one_line(capsys, ["train", "--out", str(tmp_path / "r"), "--set", *QUICK,
-                                "train.meta_steps=100000", "eval.ways=5000"],
-                       "5000-way episodes need 5000 classes")
+                                "train.meta_steps=100000", option], needle)
     assert not (tmp_path / "r").exists()
 
 
