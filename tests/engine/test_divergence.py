@@ -58,3 +58,13 @@ def test_an_impossible_input_shape_is_refused_before_allocating(tmp_path, capsys
     assert main(["eval", str(run), "--episodes", "2"]) == 2
     err = capsys.readouterr().err
     assert f"input_shape {str(shape)[:20]}" in err and "damaged" in err and err.count("\n") == 1
+
+
+def test_checkpoint_metadata_that_is_not_a_mapping(tmp_path, capsys):
+    run = _trained(tmp_path, capsys)
+    path = run / "checkpoint.safetensors"
+    tensors = load_file(str(path))
+    save_file(tensors, str(path), metadata={"metazoo": json.dumps([1, 2, 3])})
+    assert main(["eval", str(run), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "metadata is not a mapping" in err and err.count("\n") == 1
