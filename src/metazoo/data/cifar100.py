@@ -19,6 +19,8 @@ sizes and mtimes, image size, `VERSION`); `cifar_fs` and `fc100` both select cla
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from metazoo.data.archives import iter_tar_files
-from metazoo.data.base import ClassDataset
-from metazoo.data.cache import cache_key, cached_dataset, writable_cache_dir
+from metazoo.data.base import ClassDataset, Loader
+from metazoo.data.cache import cache_key, cached_dataset, resolve_root, writable_cache_dir
 from metazoo.data.check import DataCheck
 from metazoo.data.download import download as fetch
-from metazoo.data.images import to_rgb
+from metazoo.data.images import check_image_size, to_rgb
 from metazoo.data.safe_pickle import load_pickle
 from metazoo.errors import ConfigError, DataError
 
@@ -276,9 +278,22 @@ def select(full: ClassDataset, names: tuple[str, ...] | list[str], name: str) ->
     return full.select_classes(sorted(index[n] for n in names), name)
 
 
-def resolve_size(dataset: str, image_size: int) -> int:
-    """`image_size` checked (>= 8), for a `ConfigError` that names the dataset."""
-    if image_size < 8:
-        raise ConfigError(f"{dataset} image_size must be >= 8, got {image_size}")
-    return image_size
+def split_loader(dataset: str, classes: Mapping[str, tuple[str, ...]]) -> Loader:
+    """The `load` of a dataset that is a class split of CIFAR-100 (CIFAR-FS, FC100): split
+    `s` is the fine classes `classes[s]` of the merged 600-image classes, in fine-label order;
+    the run's seed does not change it."""
 
+    def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
+             image_size: int = IMAGE_SIZE, seed: int = 0) -> ClassDataset:
+        del seed  # the split is a property of the dataset, not of the run
+        if split not in classes:
+            raise ConfigError(f"{dataset} has no split '{split}'; choose one of "
+                              f"{', '.join(classes)}")
+        check_image_size(dataset, image_size)
+        full = load_all(resolve_root(root), dataset, download, image_size)
+        return select(full, classes[split], f"{dataset}/{split}")
+
+    load.__doc__ = (f"One split of {dataset} ({', '.join(classes)}) as a `ClassDataset` of "
+                    "`[M, 3, S, S]` uint8 RGB images, from `cifar-100-python.tar.gz` under "
+                    "`root` (or `<root>/cifar100/`); `download` fetches it (MD5-checked).")
+    return load

@@ -12,14 +12,11 @@ Split: `CLASSES`, the fine label names of bertinetto/r2d2 (the paper's code), co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from metazoo.data import cifar100
-from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import resolve_root
+from metazoo.data.base import DatasetSpec
 from metazoo.data.check import DataCheck
-from metazoo.errors import ConfigError
 
 NAME = "cifar_fs"
 SPLITS = ("train", "val", "test")
@@ -52,27 +49,7 @@ def check(root: Path) -> DataCheck:
     return cifar100.check(root, NAME)
 
 
-def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
-         image_size: int = cifar100.IMAGE_SIZE, seed: int = 0) -> ClassDataset:
-    """One split of CIFAR-FS as a `ClassDataset` of `[M, 3, S, S]` uint8 RGB images.
-
-    Args:
-        split: "train", "val" or "test" (64 / 16 / 20 classes of 600 images).
-        root: folder holding `cifar-100-python.tar.gz` (or `<root>/cifar100/`).
-        download: fetch the archive from the official site (MD5-checked) when it is missing.
-        image_size: side of the square images, pixels (32, the native size, in the paper).
-        seed: ignored: the split is fixed by `CLASSES`.
-
-    Raises:
-        ConfigError: unknown split or image size below 8.
-        DataError: the archive is missing (named), damaged, or not the official one.
-    """
-    del seed  # the split is a property of the dataset, not of the run
-    if split not in SPLITS:
-        raise ConfigError(f"{NAME} has no split '{split}'; choose one of {', '.join(SPLITS)}")
-    cifar100.resolve_size(NAME, image_size)
-    full = cifar100.load_all(resolve_root(root), NAME, download, image_size)
-    return cifar100.select(full, CLASSES[split], f"{NAME}/{split}")
+load = cifar100.split_loader(NAME, CLASSES)
 
 
 SPEC = DatasetSpec(NAME, load, "images", SPLITS,

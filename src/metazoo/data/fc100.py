@@ -14,14 +14,11 @@ release's coarse-label order (`cifar100.COARSE_LABEL_NAMES`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from metazoo.data import cifar100
-from metazoo.data.base import ClassDataset, DatasetSpec
-from metazoo.data.cache import resolve_root
+from metazoo.data.base import DatasetSpec
 from metazoo.data.check import DataCheck
-from metazoo.errors import ConfigError
 
 NAME = "fc100"
 SPLITS = ("train", "val", "test")
@@ -44,27 +41,7 @@ def check(root: Path) -> DataCheck:
     return cifar100.check(root, NAME)
 
 
-def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
-         image_size: int = cifar100.IMAGE_SIZE, seed: int = 0) -> ClassDataset:
-    """One split of FC100 as a `ClassDataset` of `[M, 3, S, S]` uint8 RGB images.
-
-    Args:
-        split: "train", "val" or "test" (12 / 4 / 4 super-classes: 60 / 20 / 20 classes).
-        root: folder holding `cifar-100-python.tar.gz` (or `<root>/cifar100/`).
-        download: fetch the archive from the official site (MD5-checked) when it is missing.
-        image_size: side of the square images, pixels (32, the native size, in the paper).
-        seed: ignored: the split is fixed by `SUPERCLASS_INDICES`.
-
-    Raises:
-        ConfigError: unknown split or image size below 8.
-        DataError: the archive is missing (named), damaged, or not the official one.
-    """
-    del seed  # the split is a property of the dataset, not of the run
-    if split not in SPLITS:
-        raise ConfigError(f"{NAME} has no split '{split}'; choose one of {', '.join(SPLITS)}")
-    cifar100.resolve_size(NAME, image_size)
-    full = cifar100.load_all(resolve_root(root), NAME, download, image_size)
-    return cifar100.select(full, CLASSES[split], f"{NAME}/{split}")
+load = cifar100.split_loader(NAME, CLASSES)
 
 
 SPEC = DatasetSpec(NAME, load, "images", SPLITS,
