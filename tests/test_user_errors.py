@@ -69,6 +69,7 @@ def test_out_naming_a_file(tmp_path, capsys):
     (["--ways", "0"], "eval.ways must be >= 1"),
     (["--queries", "0"], "eval.queries must be >= 1"),
     (["--split", "bogus"], "has no split 'bogus'"),
+    (["--episodes", "9" * 23], "eval.episodes must fit in 64 bits"),
     (["--set", "algorithm.distance=" + "9" * 300], "characters)"),
 ])
 def test_eval_options_that_mean_nothing(run, capsys, option, needle):

@@ -132,6 +132,12 @@ class RunConfig:
     def validate(self) -> None:
         """Range checks of the sections (types were checked when the values were read)."""
         d, t, e = self.data, self.train, self.eval
+        for name in SECTIONS:  # values set in code (e.g. `eval --episodes`) skip `fields.coerce`
+            for key, value in dataclasses.asdict(getattr(self, name)).items():
+                if isinstance(value, int) and not isinstance(value, bool) and \
+                        not -(2**63) <= value < 2**63:
+                    raise ConfigError(f"{name}.{key} must fit in 64 bits (|value| < 2^63); "
+                                      f"got a number of {len(str(value))} digits")
         positive = {
             "data.ways": d.ways, "data.shots": d.shots,
             "data.image_size": 1 if d.image_size is None else d.image_size,
