@@ -16,8 +16,10 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     imaml,
     imp,
     lrd2,
+    lstm_learner,
     maml,
     maml_pp,
+    mann,
     matching,
     meta_lstm,
     meta_sgd,
@@ -27,6 +29,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     relation,
     reptile,
     siamese,
+    snail,
 )
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig
 from metazoo.algorithms.registry import (
