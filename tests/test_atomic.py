@@ -45,3 +45,21 @@ def test_the_library_has_one_atomic_write():
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                    if "os.replace(" in p.read_text())
     assert users == ["atomic.py", "data/download.py"]
+
+
+def test_written_files_get_the_usual_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    from metazoo import atomic
+
+    old = os.umask(0o022)
+    atomic._UMASK = None  # read the umask set here
+    try:
+        atomic.write_text(tmp_path / "a.json", "{}")
+        (tmp_path / "b.json").write_text("{}")
+    finally:
+        os.umask(old)
+        atomic._UMASK = None
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
