@@ -110,3 +110,20 @@ def test_make_task_source_refuses_unknown_names():
 
     with pytest.raises(ConfigError, match="unknown dataset 'glyps'; did you mean 'glyphs'"):
         make_task_source("glyps", "train", ways=5, shots=1, queries=1, seed=0)
+
+
+def test_shuffled_order_permutes_the_same_episode_and_keeps_each_label_with_its_image(dataset):
+    plain = EpisodeSampler(dataset, 5, 3, 2, seed=2)
+    mixed = EpisodeSampler(dataset, 5, 3, 2, seed=2, order="shuffled")
+    a, b = plain.batch(1, 3), mixed.batch(1, 3)
+    assert not torch.equal(a.support_y, b.support_y)  # the order changed...
+
+    def pairs(xs, ys):
+        return sorted((int(y), x.flatten().tolist()) for x, y in zip(xs, ys, strict=True))
+
+    for e in range(3):  # ...but not the examples, and every image keeps its label
+        assert pairs(a.support_x[e], a.support_y[e]) == pairs(b.support_x[e], b.support_y[e])
+        assert pairs(a.query_x[e], a.query_y[e]) == pairs(b.query_x[e], b.query_y[e])
+    # a pure function of the episode index, whatever the batch size
+    assert torch.equal(mixed.batch(1, 3).support_y[2], mixed.batch(5, 1).support_y[0])
+    assert not torch.equal(b.support_y[0], b.support_y[1])

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from metazoo.allocator import tune_allocator
-from metazoo.errors import MetazooError
+from metazoo.errors import ConfigError, MetazooError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -96,6 +96,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.protocol == "offset_labels":
+        return _eval_offset_labels(args)
+    if args.presentations is not None:
+        raise ConfigError("--presentations belongs to --protocol offset_labels; drop it or add "
+                          "--protocol offset_labels")
     if args.oneshot_runs:
         from metazoo.engine.oneshot import evaluate_oneshot_run
 
@@ -108,6 +113,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                 ways=args.ways, shots=args.shots, queries=args.queries,
                                 data_root=args.data_root, options=args.set)
     print(result.line())
+    print(f"written: {path}")
+    return 0
+
+
+def _eval_offset_labels(args: argparse.Namespace) -> int:
+    from metazoo.engine.offset_eval import evaluate_offset_run
+
+    other = [f"--{k.replace('_', '-')}" for k in ("shots", "queries", "oneshot_runs")
+             if getattr(args, k) is not None] + (["--set"] if args.set else [])
+    if other:
+        verb = "does" if len(other) == 1 else "do"
+        raise ConfigError(f"{' and '.join(other)} {verb} not apply to --protocol offset_labels "
+                          "(an episode is --ways classes x --presentations in one stream); "
+                          "drop them")
+    if args.presentations is not None and args.presentations < 1:
+        raise ConfigError(f"--presentations must be >= 1, got {args.presentations}")
+    result, path = evaluate_offset_run(args.run_dir, episodes=args.episodes, split=args.split,
+                                       ways=args.ways, presentations=args.presentations,
+                                       data_root=args.data_root)
+    print("\n".join(result.lines()))
     print(f"written: {path}")
     return 0
 
@@ -168,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", nargs="*", default=[], metavar="algorithm.KEY=VALUE",
                     help="test-time algorithm options, e.g. algorithm.bn_mode=non_transductive "
                          "(results go to results.<options>.json)")
+    ev.add_argument("--protocol", choices=["episodes", "offset_labels"], default="episodes",
+                    help="episodes: N-way K-shot query accuracy (default); offset_labels: "
+                         "Santoro et al.'s label-offset streams, accuracy by presentation "
+                         "number (mann, lstm_learner)")
+    ev.add_argument("--presentations", type=int,
+                    help="offset_labels: instances of each class in a stream (default 10)")
     ev.add_argument("--oneshot-runs", metavar="DIR",
                     help="Lake et al.'s one-shot runs (runNN/ folders): error rate per run")
     ev.set_defaults(func=_cmd_eval)

@@ -31,6 +31,9 @@ class DataConfig:
     ways: int = 20  # N of the meta-training episodes (more than at test: Snell et al. Sec. 3.1)
     shots: int = 1  # K of the meta-training episodes
     queries: int = 15  # Q (per class) of the meta-training episodes
+    # rows inside every episode (training and evaluation): class-major, or shuffled per episode
+    # (sequence learners that read the support in order: SNAIL, MANN, the LSTM learner)
+    order: Literal["class_major", "shuffled"] = "class_major"
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,17 @@ class RunConfig:
             raise ConfigError(f"train.outer_lr must be > 0, got {t.outer_lr}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
-        if d.queries < 1 or e.queries < 1:
-            key = "data.queries" if d.queries < 1 else "eval.queries"
+        stream = getattr(self.algorithm.config, "presentation", None) == "offset_labels"
+        if (d.queries < 1 and not stream) or e.queries < 1:
+            key = "eval.queries" if e.queries < 1 else "data.queries"
             raise ConfigError(f"{key} must be >= 1 (the query set is what a task is scored on), "
                               f"got {min(d.queries, e.queries)}")
+        if d.queries < 0:
+            raise ConfigError(f"data.queries must be >= 0, got {d.queries}")
+        if stream and d.order != "shuffled":
+            raise ConfigError("algorithm.presentation=offset_labels reads the support as one "
+                              "stream, which in class-major order gives each label away; set "
+                              "data.order=shuffled")
         if t.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
         for key, opt in (("train.grad_clip", t.grad_clip),

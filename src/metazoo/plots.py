@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from metazoo import atomic
 from metazoo.engine.log import read
 from metazoo.errors import CheckpointError
 
@@ -60,10 +61,53 @@ def plot_learning_curves(run_dir: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = run_dir / "learning_curves.png"
-    fig.savefig(out, dpi=100)
+    return save(fig, run_dir / "learning_curves.png")
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Write `fig` as PNG to `path` atomically (a reader never sees half a file), close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    return out
+    return path
+
+
+def plot_presentations(run_dir: Path) -> Path:
+    """`presentations.png`: accuracy by presentation number with 95% CIs, from the run's
+    `results.offset_labels.json` (`metazoo eval RUN --protocol offset_labels`), as Santoro et
+    al.'s Table 1 reads: the 1st presentation of a class is a guess (1/N), later ones show
+    what the learner kept from the earlier labelled ones."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metazoo.engine.offset_eval import RESULTS
+
+    try:
+        data = json.loads((run_dir / RESULTS).read_text())
+        rows = data["by_presentation"]
+        k = [int(r["presentation"]) for r in rows]
+        acc, ci = [float(r["accuracy"]) for r in rows], [float(r["ci95"]) for r in rows]
+        ways, episodes, split = int(data["ways"]), int(data["episodes"]), str(data["split"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"'{run_dir / RESULTS}' is not what `metazoo eval RUN --protocol "
+                              f"offset_labels` writes ({type(e).__name__}: {e}); run that "
+                              "again") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(k, acc, yerr=ci, marker="o", capsize=3,
+                label=f"{data.get('algorithm', 'run')} ({episodes} episodes)")
+    ax.axhline(1 / ways, color="tab:gray", ls="--", label=f"chance (1/{ways})")
+    ax.set(xlabel="presentation of the class", ylabel="accuracy", ylim=(0, 1), xticks=k,
+           title=f"{ways} classes, offset labels ({split} split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save(fig, run_dir / "presentations.png")
 
 
 @contextmanager
@@ -95,7 +139,7 @@ def _sinusoid_figure(run_dir: Path, task: int, kind: str, name: str) -> Iterator
     ax.set(xlabel="x", ylabel="y", title=f"{cfg.algorithm.name} {kind}, test task {task}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run_dir / name, dpi=100)
+    save(fig, run_dir / name)
     plt.close(fig)
 
 
@@ -147,4 +191,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     if get_spec(cfg.data.name).kind == "regression":  # a probabilistic method: its predictive
         probabilistic = hasattr(algorithms.get(cfg.algorithm.name).cls, "predictive")
         paths.append(plot_predictive(run_dir) if probabilistic else plot_adaptation(run_dir))
+    from metazoo.engine.offset_eval import RESULTS
+
+    if (run_dir / RESULTS).exists():
+        paths.append(plot_presentations(run_dir))
     return paths

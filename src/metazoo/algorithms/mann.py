@@ -13,13 +13,15 @@ ones, the least used slot zeroed first) and read by cosine-similarity content ad
 usage start fresh for every task. Settings (Omniglot): controller 200 units, usage decay gamma
 0.95 (the reference re-implementations'), raw 20x20 pixels (backbone `mlp` without layers),
 RMSProp 1e-4, 16 episodes a batch.
+Labels: the paper's offset stream (`presentation: offset_labels`, step t carries y_{t-1}, every
+step scored; `metazoo eval RUN --protocol offset_labels` reports accuracy by presentation
+number as Table 1) or support steps with their own labels then the query (`support_query`).
 Deviations: alpha is emitted by the controller per head, tanh on keys (the paper leaves both
 open; as the reference re-implementations); head j writes to the j-th least used slot, so the
-heads share the n least used slots of Eq. 6 one each; the support steps carry their own labels
-(not the paper's label-offset stream) and each query runs as its own sequence (the support
-prefix's state reused, exact), so queries never see each other; batch norm (if the backbone has
-it) takes statistics from the support rows. No accuracy-per-presentation protocol.
-Presets: mann-omniglot-5w1s, mann-glyphs-5w1s.
+heads share the n least used slots of Eq. 6 one each; each query runs as its own continuation
+of the support's state (exact, batched), so queries never see each other; batch norm (if the
+backbone has it) takes statistics from the support rows.
+Presets: mann-omniglot-5w (offset labels, Table 1), mann-omniglot-5w1s, mann-glyphs-5w1s.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from metazoo import lrua_memory
-from metazoo.algorithms.base import Algorithm, AlgorithmConfig
-from metazoo.algorithms.lstm_learner import lstm_step, sequence_inputs
+from metazoo.algorithms.base import AlgorithmConfig
+from metazoo.algorithms.recurrent import RecurrentSequenceAlgorithm
 from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.lrua_memory import MemoryState
-from metazoo.types import Predictor
+from metazoo.sequence_tasks import LabelPresentation, lstm_step
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class MANNConfig(AlgorithmConfig):
     memory_size: int = 40  # columns of M
     read_heads: int = 4  # read heads; also the n least used slots written (Eq. 6)
     gamma: float = 0.95  # usage decay of Eq. 5 (reference re-implementations' value)
+    presentation: LabelPresentation = "support_query"  # or the paper's "offset_labels"
 
     def validate(self) -> None:
         for name in ("hidden", "memory_slots", "memory_size", "read_heads"):
@@ -63,11 +66,10 @@ State = tuple[Tensor, Tensor, MemoryState]  # controller h, c and the memory
 @register("mann", display="MANN", family="black_box", config=MANNConfig,
           paper="Santoro, Bartunov, Botvinick, Wierstra, Lillicrap. Meta-Learning with "
                 "Memory-Augmented Neural Networks. ICML 2016", tasks={"classification"})
-class MANN(Algorithm):
+class MANN(RecurrentSequenceAlgorithm):
     """LSTM controller with an LRUA external memory, reset per task; logits from [h; reads]."""
 
     config: MANNConfig
-    fixed_ways = True
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
@@ -94,20 +96,3 @@ class MANN(Algorithm):
         keys = torch.tanh(self.key(h)).unflatten(-1, (self.config.read_heads, -1))
         memory = lrua_memory.step(memory, keys, self.gate(h), self.config.gamma)
         return self.out(torch.cat([h, memory.reads.flatten(-2)], -1)), (h, c, memory)
-
-    def adapt(self, support_x: Tensor, support_y: Tensor, *, ways: int | None = None
-              ) -> Predictor:
-        n = self.check_ways(ways or self.ways)
-
-        def predict(query_x: Tensor) -> Tensor:
-            support, query = sequence_inputs(self.backbone, support_x, support_y, query_x, n)
-            state = self.initial_state(support)  # a fresh memory for every task
-            for t in range(support.shape[0]):  # the support prefix, once
-                _, state = self.step(support[t:t + 1], state)
-            m = query.shape[0]  # one sequence per query: the prefix state, then that query
-            h, c, mem = state
-            expanded = MemoryState(*(v.expand(m, *v.shape[1:]) for v in mem))
-            logits, _ = self.step(query, (h.expand(m, -1), c.expand(m, -1), expanded))
-            return logits  # [M, N]
-
-        return predict

@@ -94,7 +94,7 @@ def task_source(cfg: RunConfig, split: str, *, training: bool) -> TaskSource:
     d = cfg.data
     source = make_task_source(d.name, split, ways=shape.ways, shots=shape.shots,
                               queries=shape.queries, seed=cfg.seed, root=d.root,
-                              download=d.download, image_size=image_size(cfg))
+                              download=d.download, image_size=image_size(cfg), order=d.order)
     augment = cfg.augment if training else cfg.augment.test_time()
     if get_spec(d.name).kind != "images" or (not augment.random and augment.statistics is None):
         return source

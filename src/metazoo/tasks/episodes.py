@@ -3,12 +3,15 @@
 An episode is a pure function of (seed, split, episode index): there is no sampler state, so a
 resumed run sees the same episodes as an uninterrupted one and every method is tested on the same
 fixed test episodes. Inside an episode, examples are ordered class-major (`[c0 x K, c1 x K, ...]`)
-and labels are `0..N-1` in the order the classes were drawn.
+and labels are `0..N-1` in the order the classes were drawn; with `order="shuffled"` the support
+rows and the query rows are each permuted by a generator of their own per episode, for
+sequence learners that read the support in order (SNAIL, MANN, the LSTM learner).
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -16,6 +19,8 @@ from torch import Tensor
 from metazoo.data.base import ClassDataset
 from metazoo.errors import DataError
 from metazoo.tasks.batch import TaskBatch
+
+EpisodeOrder = Literal["class_major", "shuffled"]
 
 
 def episode_seed(seed: int, split: str, index: int) -> int:
@@ -35,9 +40,13 @@ class EpisodeSampler:
         dataset: the split's examples, as a `ClassDataset`.
         ways, shots, queries: N, K and Q (queries per class).
         seed: the run's seed; the test episodes of every method share it.
+        order: "class_major", or "shuffled": episode e's support and query rows permuted by a
+            generator seeded by (seed, split + "/order", e), so the same classes and examples
+            arrive in an order that is still a pure function of e.
     """
 
-    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, *, seed: int):
+    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, *, seed: int,
+                 order: EpisodeOrder = "class_major"):
         if ways < 1 or shots < 1 or queries < 0:
             raise DataError(f"episodes need ways >= 1, shots >= 1, queries >= 0; got "
                             f"{ways}-way {shots}-shot {queries}-query")
@@ -54,6 +63,7 @@ class EpisodeSampler:
             )
         self.dataset, self.ways, self.shots, self.queries, self.seed = (
             dataset, ways, shots, queries, seed)
+        self.order = order
         self._uniform = bool((dataset.class_counts == dataset.class_counts[0]).all())
 
     @property
@@ -74,6 +84,15 @@ class EpisodeSampler:
         pick = keys.argsort(dim=1)[:, : k + q] + ds.class_offsets[classes][:, None]  # [N, K+Q]
         return pick[:, :k].reshape(-1), pick[:, k:].reshape(-1)
 
+    def permutations(self, episode: int) -> tuple[Tensor, Tensor]:
+        """The orders of episode `episode`'s support `[N*K]` and query `[N*Q]` rows when
+        `order="shuffled"`, from a generator of their own (the episode's draws are unchanged)."""
+        g = torch.Generator().manual_seed(
+            episode_seed(self.seed, f"{self.dataset.name}/order", episode))
+        n = self.ways
+        return (torch.randperm(n * self.shots, generator=g),
+                torch.randperm(n * self.queries, generator=g))
+
     def episode(self, index: int) -> TaskBatch:
         """Episode `index` as a batch of one."""
         return self.batch(index, 1)
@@ -86,6 +105,12 @@ class EpisodeSampler:
         n = self.ways
         s_y = torch.arange(n).repeat_interleave(self.shots).expand(meta_batch_size, -1)
         q_y = torch.arange(n).repeat_interleave(self.queries).expand(meta_batch_size, -1)
+        if self.order == "shuffled":
+            s_perm, q_perm = zip(*(self.permutations(first + b) for b in range(meta_batch_size)),
+                                 strict=True)
+            s_sel, q_sel = torch.stack(s_perm), torch.stack(q_perm)
+            s_idx, s_y = s_idx.gather(1, s_sel), s_y.gather(1, s_sel)
+            q_idx, q_y = q_idx.gather(1, q_sel), q_y.gather(1, q_sel)
         return TaskBatch(self.dataset.as_float(s_idx), s_y.contiguous(),
                          self.dataset.as_float(q_idx), q_y.contiguous(), n, self.shots,
                          self.queries)

@@ -12,7 +12,7 @@ from pathlib import Path
 from metazoo.data import get_spec, load_split
 from metazoo.errors import ConfigError
 from metazoo.tasks.batch import TaskSource
-from metazoo.tasks.episodes import EpisodeSampler
+from metazoo.tasks.episodes import EpisodeOrder, EpisodeSampler
 from metazoo.tasks.sinusoid import SinusoidTasks
 from metazoo.tasks.sinusoid_line import SinusoidLineTasks
 
@@ -23,10 +23,12 @@ FAMILIES: dict[str, Callable[..., TaskSource]] = {"sinusoid": SinusoidTasks,
 
 def make_task_source(name: str, split: str, *, ways: int, shots: int, queries: int, seed: int,
                      root: str | Path | None = None, download: bool = False,
-                     image_size: int = 28) -> TaskSource:
+                     image_size: int = 28, order: EpisodeOrder = "class_major") -> TaskSource:
     """Episodes of `split` (image datasets) or the split's task distribution (regression).
 
     The split is loaded once, here; the source's `input_shape` is what a backbone is built for.
+    `order` is the row order inside an image episode (`EpisodeSampler`); a task family's points
+    are drawn at random already.
     """
     spec = get_spec(name)
     if spec.load is None:
@@ -35,4 +37,4 @@ def make_task_source(name: str, split: str, *, ways: int, shots: int, queries: i
                               "metazoo.tasks.FAMILIES")
         return FAMILIES[name](shots=shots, queries=queries, seed=seed, split=split)
     ds = load_split(name, split, root=root, download=download, image_size=image_size, seed=seed)
-    return EpisodeSampler(ds, ways, shots, queries, seed=seed)
+    return EpisodeSampler(ds, ways, shots, queries, seed=seed, order=order)
