@@ -159,3 +159,13 @@ def test_training_without_the_files_says_what_data_check_says(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "missing images_background.zip; images_evaluation.zip" in err
     assert "metazoo data check omniglot" in err
+
+
+def test_repeated_set_flags_add_up():
+    """`--set a=1 --set b=2` keeps both (argparse's default would keep only the last)."""
+    from metazoo.cli import build_parser
+
+    for command in (["train"], ["eval", "run"]):
+        args = build_parser().parse_args([*command, "--set", "a=1", "b=2", "--set", "c=3"])
+        assert args.set == ["a=1", "b=2", "c=3"]
+    assert build_parser().parse_args(["train"]).set == []

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")
     tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
     tr.add_argument("--config", help="a YAML config file")
-    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--data-root")
-    ev.add_argument("--set", nargs="*", default=[], metavar="algorithm.KEY=VALUE",
+    ev.add_argument("--set", nargs="*", action="extend", default=[],
+                    metavar="algorithm.KEY=VALUE",
                     help="test-time algorithm options, e.g. algorithm.bn_mode=non_transductive "
                          "(results go to results.<options>.json)")
     ev.add_argument("--protocol", choices=["episodes", "offset_labels"], default="episodes",
