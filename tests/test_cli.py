@@ -165,7 +165,7 @@ def test_repeated_set_flags_add_up():
     """`--set a=1 --set b=2` keeps both (argparse's default would keep only the last)."""
     from metazoo.cli import build_parser
 
-    for command in (["train"], ["eval", "run"]):
+    for command in (["train"], ["eval", "run"], ["pretrain"]):
         args = build_parser().parse_args([*command, "--set", "a=1", "b=2", "--set", "c=3"])
         assert args.set == ["a=1", "b=2", "c=3"]
     assert build_parser().parse_args(["train"]).set == []

@@ -95,6 +95,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from metazoo.config_files import load_config
+    from metazoo.engine.pretrain import pretrain
+
+    out = Path(args.out or f"runs/{args.preset or 'pretrain'}")
+    pretrain(load_config(args.preset, args.config, args.set), out)
+    print(f"run folder: {out}; use it with --set model.pretrained={out}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.protocol == "offset_labels":
         return _eval_offset_labels(args)
@@ -181,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.set_defaults(func=_cmd_train)
+
+    pt = sub.add_parser("pretrain", help="train a backbone by plain classification over every "
+                                         "class of the train split (Baseline, SimpleShot, RFS)")
+    pt.add_argument("--preset", help="a bundled preset (pretrain-...)")
+    pt.add_argument("--config", help="a YAML config file")
+    pt.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config values, e.g. pretrain.epochs=2")
+    pt.add_argument("--out", help="run folder (default runs/<preset or pretrain>)")
+    pt.set_defaults(func=_cmd_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run on fixed episodes")
     ev.add_argument("run_dir")

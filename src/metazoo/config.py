@@ -46,6 +46,8 @@ class ModelConfig:
     activation: Literal["relu", "tanh"] = "relu"  # mlp: ReLU (MAML), tanh (ALPaCA)
     channels: tuple[int, ...] | None = None  # resnet12, r2d2_conv: block widths (None: paper's)
     dropout: float | None = None  # resnet12 drop rate, r2d2_conv last blocks' (None: paper's)
+    # start from the backbone weights of `metazoo pretrain`: its run folder or weights file
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,42 @@ class EvalConfig:
     val_episodes: int = 200  # fixed validation episodes
     split: str = "test"  # split of the final evaluation
     batch_size: int = 16  # episodes evaluated together
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`metazoo pretrain` (`metazoo.engine.pretrain`): plain classification over every class of
+    the train split; `metazoo train` ignores it. Defaults: Chen et al. 2019's Baseline."""
+
+    epochs: float = 5.0  # passes over the train split (Chen et al.'s code: 5 Omniglot, 400 mini)
+    steps: int | None = None  # mini-batches in all, instead of epochs
+    batch_size: int = 16  # images per mini-batch (Chen et al. 16; RFS 64)
+    optimizer: Literal["adam", "sgd"] = "adam"  # Chen et al.: Adam; RFS, SimpleShot: SGD
+    lr: float = 1e-3  # Chen et al.: Adam's default 1e-3; RFS 0.05
+    momentum: float = 0.9  # sgd only (RFS 0.9)
+    weight_decay: float = 0.0  # RFS 5e-4
+    lr_milestones: tuple[float, ...] = ()  # epochs after which lr *= lr_gamma (RFS: 60, 80)
+    lr_gamma: float = 0.1
+    head: Literal["linear", "cosine"] = "linear"  # Baseline's, or Baseline++'s cosine classifier
+    scale: float | None = None  # cosine head's scale (None: Chen et al.'s 2 <= 200 classes, or 10)
+    learn_scale: bool = False  # cosine head: learn the scale (Chen et al.: fixed)
+    class_norm: bool = True  # cosine head: learned norm per class (Chen et al.'s code, WeightNorm)
+
+    def validate(self) -> None:
+        """Range checks (`ConfigError` naming the `pretrain.` key)."""
+        positive = {"pretrain.epochs": self.epochs, "pretrain.lr": self.lr,
+                    "pretrain.lr_gamma": self.lr_gamma, "pretrain.batch_size": self.batch_size,
+                    "pretrain.steps": 1 if self.steps is None else self.steps,
+                    "pretrain.scale": 1.0 if self.scale is None else self.scale}
+        for key, v in positive.items():
+            if v <= 0:
+                raise ConfigError(f"{key} must be > 0, got {v}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ConfigError("pretrain.momentum must be in [0, 1) and pretrain.weight_decay "
+                              f">= 0; got {self.momentum} and {self.weight_decay}")
+        if any(m < 0 for m in self.lr_milestones):
+            raise ConfigError("pretrain.lr_milestones must be >= 0, got "
+                              f"{list(self.lr_milestones)}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +160,7 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     # image episodes: augmentation in training, normalisation everywhere (off by default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = PretrainConfig()  # `metazoo pretrain` only
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (as `config.json` holds them), the algorithm's options flattened
@@ -187,8 +226,10 @@ class RunConfig:
             raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
         if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
             raise ConfigError("train.nesterov needs train.optimizer=sgd and train.momentum > 0")
+        self.pretrain.validate()
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                             "eval": EvalConfig, "augment": AugmentConfig}
+                             "eval": EvalConfig, "augment": AugmentConfig,
+                             "pretrain": PretrainConfig}
 """The plain sections of a `RunConfig`, by key (`algorithm` is the algorithm's own config)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from metazoo.algorithms import (  # noqa: F401  (imported to register)
     alpaca,
     anil,
+    baseline,
     cavia,
     gnn,
     imaml,
@@ -28,7 +29,9 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     r2d2,
     relation,
     reptile,
+    rfs,
     siamese,
+    simpleshot,
     snail,
 )
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig

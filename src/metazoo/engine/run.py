@@ -172,6 +172,7 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
         raise CheckpointError(f"weights in '{weights}' are not finite ({broken[0]} holds NaN or "
                               "inf): the run diverged; retrain with a lower train.outer_lr or "
                               "train.grad_clip")
-    alg = build_algorithm(cfg, shape)
+    # every weight is in the checkpoint: model.pretrained's file is not needed again
+    alg = build_algorithm(replace(cfg, model=replace(cfg.model, pretrained=None)), shape)
     checkpoint.load_into(alg, checkpoint.model_state(tensors), str(weights))
     return cfg, alg

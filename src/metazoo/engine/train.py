@@ -41,6 +41,7 @@ from metazoo.engine.run import (
 )
 from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
 from metazoo.errors import CheckpointError, TrainingError
+from metazoo.models.pretrained import FILE as PRETRAINED
 from metazoo.tasks import TaskSource
 
 RNG = "rng.torch"  # the CPU generator's state, in a checkpoint
@@ -178,6 +179,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
         if (run_dir / CHECKPOINT).exists():
             raise CheckpointError(f"'{run_dir}' already holds a run; pass --resume to continue "
                                   "it or --out NEW_DIR to start another")
+        if (run_dir / PRETRAINED).exists():
+            raise CheckpointError(f"'{run_dir}' holds a pre-training (metazoo pretrain); use it "
+                                  f"with --set model.pretrained={run_dir} and another --out")
         run_config = normal(cfg.to_dict())
 
     device = resolve_device(cfg.train.device)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from metazoo.errors import ConfigError
+from metazoo.models import pretrained
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
 from metazoo.models.r2d2_conv import R2D2Conv
@@ -113,7 +114,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 
 def build_from_config(model: ModelConfig, input_shape: tuple[int, ...]) -> nn.Module:
-    """The backbone of a run's `model` config for inputs of `input_shape`."""
+    """The backbone of a run's `model` config for inputs of `input_shape`, with the weights of
+    `model.pretrained` when it names a pre-training (`metazoo.models.pretrained`)."""
     spec = get(model.name)
     kind = "image" if len(input_shape) == 3 else "vector"
     if kind not in spec.inputs:
@@ -122,6 +124,8 @@ def build_from_config(model: ModelConfig, input_shape: tuple[int, ...]) -> nn.Mo
                           f"the dataset gives {kind}s of shape {tuple(input_shape)}; choose "
                           f"model.name={' or '.join(fits)}")
     backbone = _checked(model.name, lambda: spec.build(model, tuple(input_shape)))
+    if model.pretrained is not None:  # weights of `metazoo pretrain` (metazoo.models.pretrained)
+        pretrained.apply(backbone, model.name, tuple(input_shape), model.pretrained)
     dry_run(model.name, backbone, tuple(input_shape))
     return backbone
 
