@@ -16,6 +16,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     gnn,
     imaml,
     imp,
+    leo,
     leopard,
     lrd2,
     lstm_learner,
