@@ -33,18 +33,19 @@ from metazoo.functional import BatchNorm, batch_norm, batch_norm_relu_pool, cpu_
 from metazoo.types import Params
 
 Modulation = tuple[Tensor | None, Tensor | None]
-"""A per-channel (scale, shift), each `[C]` or `None` (1 and 0): FiLM's gamma and beta."""
+"""A per-channel (scale, shift), each `[C]`, `[M, C]` (one per example: CAML) or `None` (1 and
+0): FiLM's gamma and beta."""
 Norm = Callable[[int, Tensor, Tensor | None, Tensor | None, float], Tensor]
 """`(block, x, weight, bias, eps) -> normalised x`: a replacement for a block's batch norm."""
 
 
 def modulate(x: Tensor, modulation: Modulation) -> Tensor:
-    """`scale * x + shift` per channel of `x` (`[M, C, ...]`)."""
+    """`scale * x + shift` per channel of `x` (`[M, C, ...]`), per example for `[M, C]` ones."""
     scale, shift = modulation
-    shape = [-1] + [1] * (x.dim() - 2)
+    spatial = [1] * (x.dim() - 2)  # [C] -> [C, 1, 1], [M, C] -> [M, C, 1, 1]
     if scale is not None:
-        x = x * scale.view(shape)
-    return x if shift is None else x + shift.view(shape)
+        x = x * scale.reshape(*scale.shape, *spatial)
+    return x if shift is None else x + shift.reshape(*shift.shape, *spatial)
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
