@@ -163,5 +163,5 @@ def test_backbone_errors_name_the_fix():
         build("caml", Conv4((1, 16, 16), hidden=4), ways=3, film_blocks=(5,))
     backbone = torch.nn.Linear(4, 4)
     backbone.feature_dim = 4
-    with pytest.raises(ConfigError, match="conv4 or resnet12"):
+    with pytest.raises(ConfigError, match=r"caml needs a backbone with a modulation.*resnet12"):
         build("caml", backbone, ways=3)

@@ -179,7 +179,7 @@ def test_backbone_errors_name_the_fix():
         build("cavia", Conv4((1, 16, 16), hidden=4), ways=3, film_blocks=(5,))
     backbone = torch.nn.Linear(4, 4)
     backbone.feature_dim = 4
-    with pytest.raises(ConfigError, match="mlp or conv4"):
+    with pytest.raises(ConfigError, match=r"cavia needs a backbone with a modulation.*conv4"):
         build("cavia", backbone, ways=3)
 
 

@@ -47,6 +47,7 @@ from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call, strip_prefix
 from metazoo.inner_loop import sgd_steps
+from metazoo.models import modulated_widths
 from metazoo.models.conv4 import Modulation
 from metazoo.types import Params, Predictor
 
@@ -92,11 +93,7 @@ class CAML(Algorithm):
         self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
         if not cfg.conditional_transform:
             return
-        widths: tuple[int, ...] | None = getattr(backbone, "block_widths", None)
-        if widths is None:
-            raise ConfigError(f"caml needs a backbone with a modulation extension point "
-                              f"(block_widths, forward_with(modulation=)), e.g. conv4 or "
-                              f"resnet12; got {type(backbone).__name__}")
+        widths = modulated_widths(backbone, "caml")
         blocks = cfg.film_blocks or tuple(range(1, len(widths) + 1))
         if max(blocks) > len(widths):
             raise ConfigError(f"caml film_blocks {list(blocks)} name a block past the "

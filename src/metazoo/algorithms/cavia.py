@@ -44,6 +44,7 @@ from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.functional import call
 from metazoo.inner_loop import grads
+from metazoo.models import modulated_widths
 from metazoo.types import Predictor
 
 
@@ -84,12 +85,8 @@ class CAVIA(Algorithm):
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
         self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
-        widths: tuple[int, ...] | None = getattr(backbone, "block_widths", None)
+        widths = modulated_widths(backbone, "cavia")
         shape: tuple[int, ...] = getattr(backbone, "input_shape", ())
-        if widths is None:
-            raise ConfigError(f"cavia needs a backbone with a modulation extension point "
-                              f"(block_widths and forward_with(modulation=)), e.g. mlp or conv4; "
-                              f"got {type(backbone).__name__}")
         self.context_at_input = len(shape) == 1
         if self.context_at_input:
             # W_phi: the context columns of the first layer's weight on [x; phi]; drawn with the

@@ -130,6 +130,17 @@ def build_from_config(model: ModelConfig, input_shape: tuple[int, ...]) -> nn.Mo
     return backbone
 
 
+def modulated_widths(backbone: nn.Module, algorithm: str) -> tuple[int, ...]:
+    """The channels of each block a FiLM `modulation` scales (`block_widths`); `ConfigError`
+    naming `algorithm` for a backbone without that extension point."""
+    widths: tuple[int, ...] | None = getattr(backbone, "block_widths", None)
+    if widths is None:
+        raise ConfigError(f"{algorithm} needs a backbone with a modulation extension point "
+                          f"(block_widths and forward_with(modulation=)): one of "
+                          f"{', '.join(names())}; got {type(backbone).__name__}")
+    return tuple(widths)
+
+
 def dry_run(name: str, backbone: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Run `backbone` once on two zero inputs, so settings it cannot run with (too many pooling
     blocks for the image size, a zero width) are a one-line `ConfigError` before training."""
@@ -147,4 +158,4 @@ def dry_run(name: str, backbone: nn.Module, input_shape: tuple[int, ...]) -> Non
 
 
 __all__ = ["BACKBONES", "MLP", "BackboneSpec", "Conv4", "R2D2Conv", "ResNet12", "build",
-           "build_from_config", "get", "names"]
+           "build_from_config", "get", "modulated_widths", "names"]
