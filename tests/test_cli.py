@@ -51,6 +51,7 @@ def test_train_eval_plot_and_no_overwrite(capsys, tmp_path, synthetic_data):
     assert result["episodes"] == 12 and result["ways"] == 3
     assert main(["plot", str(run)]) == 0
     assert (run / "learning_curves.png").stat().st_size > 1000
+    assert (run / "reliability.png").stat().st_size > 1000  # a classifier's calibration
 
 
 def test_eval_set_changes_test_time_options_into_its_own_file(capsys, tmp_path):
@@ -83,6 +84,7 @@ def test_plot_draws_the_adaptation_figure_for_sinusoid_runs(tmp_path):
                  "train.tensorboard=false"]) == 0
     assert main(["plot", str(run)]) == 0
     assert (run / "adaptation.png").stat().st_size > 1000
+    assert not (run / "reliability.png").exists()  # no classes, no reliability diagram
     assert json.loads((run / "results.json").read_text())["metric"] == "mse"
 
 

@@ -1,4 +1,5 @@
-"""Figures of a run folder: learning curves, and for regression runs the adaptation figure.
+"""Figures of a run folder: learning curves; for regression runs the adaptation figure or the
+predictive band; for classifiers the reliability diagram (`metazoo.plot_reliability`).
 
 matplotlib with the Agg backend, imported inside the functions so `import metazoo` stays light.
 """
@@ -163,16 +164,34 @@ def plot_adaptation(run_dir: Path, *, task: int = 0, steps: tuple[int, ...] = (1
     return run_dir / "adaptation.png"
 
 
-def plot_predictive(run_dir: Path, *, task: int = 0) -> Path:
-    """`predictive.png` for a regression run of a probabilistic method (ALPaCA): the true curve,
-    the support points, the posterior predictive mean and its 95% band on test task `task`, and
-    the prior's (no support) for comparison."""
+def plot_predictive(run_dir: Path, *, task: int = 0, samples: int = 10) -> Path:
+    """`predictive.png` for a regression run of a probabilistic method (ALPaCA, the Bayesian
+    family): on test task `task`, the true curve, the support points, the posterior predictive
+    mean and its 95% band, the prior's too where the method can predict from no support
+    (ALPaCA's `context`), and `samples` sampled functions where it draws them, as the papers'
+    figures."""
+    import inspect
+
     import torch
 
     with _sinusoid_figure(run_dir, task, "predictive", "predictive.png") as p, torch.no_grad():
-        predictive = cast("Callable[..., tuple[Tensor, Tensor]]", p.alg.predictive)
-        for context, color, name in ((0, "tab:gray", "prior"), (None, "tab:blue", "posterior")):
-            mean, cov = predictive(p.support_x, p.support_y, p.x, context)
+        predictive = cast("Callable[..., tuple[Tensor, Tensor]] | None",
+                          getattr(p.alg, "predictive", None))
+        sampler = getattr(p.alg, "function_samples", None)
+        if sampler is not None:
+            drawn = sampler(p.support_x, p.support_y, p.x, samples).detach()
+            for i, f in enumerate(drawn):
+                p.ax.plot(p.x, f[:, 0], "-", color="tab:orange", alpha=0.5, lw=0.8,
+                          label="sampled functions" if i == 0 else None)
+        contexts: list[tuple[int | None, str, str]] = []
+        if predictive is not None:
+            contexts.append((None, "tab:blue", "posterior"))
+            if "context" in inspect.signature(predictive).parameters:
+                contexts.insert(0, (0, "tab:gray", "prior"))
+        for context, color, name in contexts:
+            assert predictive is not None
+            args = () if context is None else (context,)
+            mean, cov = predictive(p.support_x, p.support_y, p.x, *args)
             half = 1.96 * cov[:, 0, 0].sqrt()
             p.ax.plot(p.x, mean[:, 0], "--", color=color, label=f"{name} predictive mean")
             p.ax.fill_between(p.x[:, 0], mean[:, 0] - half, mean[:, 0] + half, color=color,
@@ -189,10 +208,15 @@ def plot_run(run_dir: Path) -> list[Path]:
     paths = [plot_learning_curves(run_dir)]
     cfg = read_config(run_dir)
     if get_spec(cfg.data.name).kind == "regression":  # a probabilistic method: its predictive
-        probabilistic = hasattr(algorithms.get(cfg.algorithm.name).cls, "predictive")
+        cls = algorithms.get(cfg.algorithm.name).cls
+        probabilistic = hasattr(cls, "predictive") or hasattr(cls, "function_samples")
         paths.append(plot_predictive(run_dir) if probabilistic else plot_adaptation(run_dir))
     from metazoo.engine.offset_eval import RESULTS
 
     if (run_dir / RESULTS).exists():
         paths.append(plot_presentations(run_dir))
+    from metazoo.plot_reliability import has_reliability, plot_reliability
+
+    if has_reliability(run_dir):
+        paths.append(plot_reliability(run_dir))
     return paths

@@ -86,3 +86,36 @@ def test_only_probabilistic_regression_reports_interval_coverage():
     assert alpaca.coverage95 is not None and 0.0 <= alpaca.coverage95 <= 1.0
     assert "95% interval holds" in alpaca.line() and "coverage95" in alpaca.to_json()
     assert maml.coverage95 is None and "coverage95" not in maml.to_json()
+    assert alpaca.nll is not None and "NLL" in alpaca.line() and maml.nll is None
+    assert alpaca.ece is None and "ece" not in alpaca.to_json()  # ECE is a classifier's
+
+
+def test_classifiers_report_nll_brier_and_ece_of_their_predictions():
+    import torch
+
+    from metazoo import calibration
+    from metazoo.algorithms import build
+    from metazoo.models import Conv4
+    from metazoo.tasks import make_task_source
+
+    torch.manual_seed(0)
+    src = make_task_source("glyphs", "test", ways=3, shots=1, queries=4, seed=0)
+    alg = build("protonet", Conv4(src.input_shape, hidden=8), ways=3)
+    result = evaluate(alg, src, episodes=5, batch_size=2)  # batches of 2, 2, 1
+    alg.eval()
+    with torch.no_grad():
+        batch = src.batch(0, 5)  # the same 5 episodes at once
+        out = alg.predict(batch.support_x, batch.support_y, batch.query_x)
+    assert result.nll == pytest.approx(calibration.nll(out, batch.query_y).mean().item())
+    assert result.brier == pytest.approx(calibration.brier(out, batch.query_y).mean().item())
+    pooled = calibration.Reliability()
+    pooled.add(out, batch.query_y)
+    assert result.ece == pytest.approx(pooled.ece())
+    table = pooled.to_json()
+    assert result.reliability is not None and result.reliability["count"] == table["count"]
+    for key in ("confidence", "accuracy"):  # pooled batch by batch: equal up to rounding
+        assert [v or 0.0 for v in result.reliability[key]] == pytest.approx(
+            [v or 0.0 for v in table[key]])
+    written = result.to_json()
+    assert {"nll", "nll_ci95", "brier", "ece", "reliability"} <= written.keys()
+    assert "ECE" in result.line() and "Brier" in result.line()

@@ -1,4 +1,5 @@
-"""Evaluation on fixed episodes: mean accuracy (or MSE) and its 95% confidence interval.
+"""Evaluation on fixed episodes: mean accuracy (or MSE) and its 95% confidence interval, with
+NLL, Brier score and calibration error (`metazoo.engine.scoring`).
 
 Episode `e` of a split is the same for every method and every batch size (episodes are pure
 functions of (seed, split, e)), so numbers from different runs are comparable. `evaluate_run` is
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,16 @@ import torch
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
+from metazoo.engine.scoring import Scores
 from metazoo.errors import ConfigError
-from metazoo.metrics import accuracy, mean_and_ci95, mse
 from metazoo.tasks import TaskBatch, TaskSource
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean of the per-episode metric over `episodes` episodes, with its 95% CI half-width."""
+    """Mean of the per-episode metric over `episodes` episodes, with its 95% CI half-width, and
+    how far the predictions can be trusted (`metazoo.engine.scoring`): NLL, Brier and ECE for
+    classifiers; predictive NLL and interval coverage for probabilistic regression."""
 
     metric: str  # "accuracy" or "mse"
     mean: float
@@ -37,38 +40,36 @@ class EvalResult:
     split: str
     seconds: float
     coverage95: float | None = None  # probabilistic regression: targets inside the 95% interval
+    nll: float | None = None  # classifiers: NLL of the query labels; regression: Gaussian NLL
+    nll_ci95: float | None = None
+    brier: float | None = None  # classifiers
+    brier_ci95: float | None = None
+    ece: float | None = None  # classifiers: 15 bins over all pooled query predictions
+    reliability: dict[str, Any] | None = None  # the ECE's bins, for the reliability diagram
+    coverage95_truth: float | None = None  # sampled functions: true values inside the 95% band
 
     def line(self) -> str:
         """One line for the terminal, e.g. `test accuracy 0.9712 ± 0.0031 (600 episodes, ...)`."""
-        coverage = "" if self.coverage95 is None else \
-            f", 95% interval holds {self.coverage95:.3f} of targets"
+        extra = [f"NLL {self.nll:.4f}"] if self.nll is not None else []
+        if self.ece is not None and self.brier is not None:
+            extra += [f"ECE {self.ece:.4f}", f"Brier {self.brier:.4f}"]
+        if self.coverage95 is not None:
+            extra.append(f"95% interval holds {self.coverage95:.3f} of targets")
+        if self.coverage95_truth is not None:
+            extra.append(f"sampled 95% band holds {self.coverage95_truth:.3f} of the true function")
         return (f"{self.split} {self.metric} {self.mean:.4f} ± {self.ci95:.4f} "
                 f"({self.episodes} episodes, {self.ways}-way {self.shots}-shot "
-                f"{self.queries}-query, {self.seconds:.1f} s{coverage})")
+                f"{self.queries}-query, {self.seconds:.1f} s{''.join(', ' + e for e in extra)})")
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if v is not None}
         d[self.metric] = d.pop("mean")
-        if self.coverage95 is None:
-            del d["coverage95"]
         return d
 
 
-def interval_coverage(predictive: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-                      batch: TaskBatch) -> torch.Tensor:
-    """Per task of `batch`: the fraction of query targets inside the predictive distribution's
-    central 95% interval (mean ± 1.96 sd per output), for methods with `predictive` (ALPaCA).
-    Calibrated uncertainty gives about 0.95."""
-    out = []
-    for i in range(len(batch)):
-        mean, cov = predictive(batch.support_x[i], batch.support_y[i], batch.query_x[i])
-        sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
-        out.append(((batch.query_y[i] - mean).abs() <= 1.96 * sd).float().mean())
-    return torch.stack(out)
-
-
 def episode_batches(source: TaskSource, episodes: int, batch_size: int) -> Iterator[TaskBatch]:
-    """Episodes `0..episodes-1` of `source`, `batch_size` at a time (the last batches smaller)."""
+    """Episodes `0..episodes-1` of `source` in order, `batch_size` at a time (the last batches
+    smaller)."""
     full = episodes // batch_size
     for index in range(full):
         yield source.batch(index, batch_size)
@@ -81,10 +82,8 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
     """Evaluate `algorithm` on episodes `0..episodes-1` of `source`."""
     was_training = algorithm.training
     algorithm.eval()
-    values: list[torch.Tensor] = []
-    coverage: list[torch.Tensor] = []
-    predictive = getattr(algorithm, "predictive", None)
-    metric = "accuracy"
+    scores, done = Scores(), 0
+    truth = getattr(source, "truth", None)
     start = time.perf_counter()
     grad = contextlib.nullcontext() if algorithm.adapts_with_gradients else torch.no_grad()
     try:
@@ -92,20 +91,20 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
             for batch in episode_batches(source, episodes, batch_size):
                 b = batch.to(device)
                 out = algorithm.predict(b.support_x, b.support_y, b.query_x, ways=b.ways)
-                out = out.detach()
-                if b.kind == "regression":
-                    metric = "mse"
-                    values.append(mse(out, b.query_y).cpu())
-                    if predictive is not None:
-                        coverage.append(interval_coverage(predictive, b).cpu())
-                else:
-                    values.append(accuracy(out, b.query_y).cpu())
+                scores.add(algorithm, b, out.detach(), truth, done)
+                done += len(b)
     finally:
         algorithm.train(was_training)
-    mean, ci = mean_and_ci95(torch.cat(values))
-    covered = float(torch.cat(coverage).mean()) if coverage else None
-    return EvalResult(metric, mean, ci, episodes, source.ways, source.shots, source.queries, split,
-                      time.perf_counter() - start, covered)
+    s = scores.summary()
+    metric = "mse" if "mse" in s else "accuracy"
+    nll = "nll" if "nll" in s else "predictive_nll"
+    return EvalResult(metric, s[metric], s[f"{metric}_ci95"], episodes, source.ways,
+                      source.shots, source.queries, split, time.perf_counter() - start,
+                      coverage95=s.get("coverage95"), nll=s.get(nll),
+                      nll_ci95=s.get(f"{nll}_ci95"), brier=s.get("brier"),
+                      brier_ci95=s.get("brier_ci95"), ece=s.get("ece"),
+                      reliability=s.get("reliability"),
+                      coverage95_truth=s.get("coverage95_truth"))
 
 
 def batch_norm_mode(alg: Algorithm) -> str:
