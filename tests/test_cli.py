@@ -47,8 +47,9 @@ def test_train_eval_plot_and_no_overwrite(capsys, tmp_path, synthetic_data):
     _one_line_error(capsys, ["train", "--out", str(run), "--set", *FAST], "--resume")
     assert main(["eval", str(run), "--episodes", "12", "--ways", "3"]) == 0
     assert "12 episodes, 3-way" in capsys.readouterr().out
-    result = json.loads((run / "results.json").read_text())
+    result = json.loads((run / "results.ways=3,episodes=12.json").read_text())
     assert result["episodes"] == 12 and result["ways"] == 3
+    assert json.loads((run / "results.json").read_text())["weights"]  # training's, kept
     assert main(["plot", str(run)]) == 0
     assert (run / "learning_curves.png").stat().st_size > 1000
     assert (run / "reliability.png").stat().st_size > 1000  # a classifier's calibration

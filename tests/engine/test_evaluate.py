@@ -22,8 +22,10 @@ FAST = ["model.hidden=8", "train.progress=false", "train.meta_steps=4", "train.t
 def test_evaluate_run_overrides_eval_settings_and_writes_the_results(tmp_path, synthetic_data):
     run = tmp_path / "run"
     train(load_config(overrides=[f"data.name={synthetic_data}", *FAST]), run)
+    trained = (run / "results.json").read_text()
     result, path = evaluate_run(run, episodes=7, ways=3, shots=2, split="val")
-    assert path == run / "results.json"
+    assert path == run / "results.split=val,ways=3,shots=2,episodes=7.json"
+    assert (run / "results.json").read_text() == trained  # the training run's result is kept
     assert (result.episodes, result.ways, result.shots, result.queries, result.split) == (
         7, 3, 2, 3, "val")
     written = json.loads(path.read_text())
@@ -52,8 +54,19 @@ def test_evaluate_run_with_options_writes_its_own_file(tmp_path):
 
 
 def test_results_name():
-    assert results_name() == results_name([]) == "results.json"
-    assert results_name(["algorithm.a=1", "algorithm.b=x"]) == "results.a=1,b=x.json"
+    assert results_name() == results_name([]) == "results.eval.json"
+    assert results_name(["ways=20", "algorithm.a=1"]) == "results.ways=20,a=1.json"
+
+
+def test_eval_with_the_runs_own_settings_keeps_its_results_json(tmp_path, synthetic_data):
+    run = tmp_path / "run"
+    train(load_config(overrides=[f"data.name={synthetic_data}", *FAST]), run)
+    trained = json.loads((run / "results.json").read_text())
+    cfg, _ = load_run(run)
+    result, path = evaluate_run(run, ways=cfg.eval.ways)  # asked, but the same as the run's
+    assert path == run / "results.eval.json"
+    assert json.loads((run / "results.json").read_text()) == trained  # "weights" and all
+    assert "weights" in trained and result.mean == trained["accuracy"]
 
 
 def test_a_run_loads_each_split_once(tmp_path):

@@ -114,12 +114,14 @@ def batch_norm_mode(alg: Algorithm) -> str:
     return str(getattr(alg.config, "bn_mode", "transductive"))
 
 
-def results_name(options: Sequence[str] | None = None) -> str:
-    """`results.json` for the run's own settings; `results.<options>.json` (e.g.
-    `results.eval_inner_steps=1.json`) for other test-time algorithm options."""
-    if not options:
-        return RESULTS
-    return "results.{}.json".format(",".join(s.removeprefix("algorithm.") for s in options))
+def results_name(differences: Sequence[str] | None = None) -> str:
+    """The file `metazoo eval` writes, named by what differs from the training run's own test
+    (`split=val`, `ways=20`, `algorithm.eval_inner_steps=1` ...), e.g.
+    `results.ways=20,eval_inner_steps=1.json`; `results.eval.json` when nothing differs. Never
+    the training run's `results.json`, which `metazoo train` alone writes."""
+    if not differences:
+        return "results.eval.json"
+    return "results.{}.json".format(",".join(s.removeprefix("algorithm.") for s in differences))
 
 
 def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str | None = None,
@@ -132,7 +134,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
     change test-time algorithm options only (see `load_run`).
 
     Returns:
-        The result and the JSON file written in the run folder (`results_name(options)`).
+        The result and the JSON file written in the run folder (`results_name`: the settings
+        that differ from the run's `eval` section, then `options`).
     """
     run = Path(run_dir)
     cfg, alg = load_run(run, data_root=data_root, algorithm_options=list(options or []))
@@ -142,6 +145,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
     asked: dict[str, Any] = {"episodes": episodes, "split": split, "ways": ways, "shots": shots,
                              "queries": queries}
     ev = replace(e, **{k: v for k, v in asked.items() if v is not None})
+    differs = [f"{k}={getattr(ev, k)}" for k in ("split", "ways", "shots", "queries", "episodes")
+               if getattr(ev, k) != getattr(e, k)]
     cfg = replace(cfg, eval=ev)
     cfg.validate()  # --episodes -3 or --ways 0 mean nothing: refused before any work
     alg.check_ways(ev.ways)
@@ -154,7 +159,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
                           "like its training data")
     result = evaluate(alg, source, episodes=ev.episodes, batch_size=ev.batch_size,
                       split=ev.split, device=device)
-    path = run / results_name(options)
+    path = run / results_name([*differs, *(options or [])])
     write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
                       "options": list(options or []), "dataset": cfg.data.name,
                       "batch_norm": batch_norm_mode(alg), "device": str(device)})
