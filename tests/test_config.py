@@ -46,12 +46,19 @@ def test_bad_overrides_raise_config_error(override, message):
         load_config(overrides=[override])
 
 
-def test_preset_and_config_are_exclusive(tmp_path):
+def test_a_config_file_is_layered_over_the_preset_then_set(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  meta_steps: 7\n")
     assert load_config(config_file=path).train.meta_steps == 7
-    with pytest.raises(ConfigError, match="not both"):
-        load_config("protonet-glyphs-5w1s", path)
+    path.write_text("train:\n  meta_steps: 7\nalgorithm:\n  inner_steps: 2\n")
+    preset = load_config("maml-omniglot-5w1s")
+    both = load_config("maml-omniglot-5w1s", path, ["train.outer_lr=0.01"])
+    assert both.train.meta_steps == 7 and both.train.outer_lr == 0.01  # file, then --set
+    assert both.algorithm.name == "maml" and both.algorithm.config.inner_steps == 2
+    assert both.train.meta_batch_size == preset.train.meta_batch_size  # the rest: the preset's
+    assert both.algorithm.config.inner_lr == preset.algorithm.config.inner_lr
+    path.write_text("algorithm:\n  name: protonet\n")  # another algorithm: its own defaults
+    assert load_config("maml-omniglot-5w1s", path).algorithm.name == "protonet"
     path.write_text("train: [1, 2")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(config_file=path)

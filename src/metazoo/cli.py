@@ -26,6 +26,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.markdown:
         print(algorithm_table())
         return 0
+    if what == "options":
+        return _list_options(args.name)
+    if args.name is not None:
+        raise ConfigError(f"`metazoo list {what}` takes no name; `metazoo list options "
+                          f"{args.name}` lists an algorithm's or a section's options")
     if what in ("all", "algorithms"):
         print("algorithms:")
         specs = [algorithms.get(name) for name in algorithms.names()]
@@ -38,10 +43,42 @@ def _cmd_list(args: argparse.Namespace) -> int:
         width = max(12, *(len(d.name) for d in datasets))
         for d in datasets:
             print(f"  {d.name:<{width}} {d.description}")
+    if what in ("all", "backbones"):
+        from metazoo import models
+
+        print("backbones:")
+        for name in models.names():
+            spec = models.get(name)
+            print(f"  {name:<12} {'/'.join(spec.inputs):<12} {spec.description}")
     if what in ("all", "presets"):
         print("presets:")
         for p in preset_names():
             print(f"  {p}")
+    return 0
+
+
+def _list_options(name: str | None) -> int:
+    from metazoo.config import SECTIONS
+    from metazoo.options import section_options
+
+    if name is None:
+        raise ConfigError("name an algorithm or a config section: `metazoo list options maml`, "
+                          f"`metazoo list options train` (sections: {', '.join(SECTIONS)})")
+    options = section_options(name)
+    width = max(len(o.key) for o in options)
+    print(f"{name} options (--set KEY=VALUE):")
+    for o in options:
+        print(o.line(width))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from metazoo.config_files import load_config
+
+    cfg = load_config(args.preset, args.config, args.set)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -168,9 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metazoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("list", help="algorithms, datasets and presets")
+    from metazoo import __version__
+
+    p.add_argument("--version", action="version", version=f"metazoo {__version__}")
+    ls = sub.add_parser("list", help="algorithms, datasets, backbones, presets; an algorithm's "
+                                     "or a config section's options")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=["all", "algorithms", "datasets", "presets"])
+                    choices=["all", "algorithms", "datasets", "backbones", "presets", "options"])
+    ls.add_argument("name", nargs="?", help="options: an algorithm (maml) or a section (train)")
     ls.add_argument("--markdown", action="store_true",
                     help="print the README's algorithm table")
     ls.set_defaults(func=_cmd_list)
@@ -185,12 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")
     tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
-    tr.add_argument("--config", help="a YAML config file")
+    tr.add_argument("--config", help="a YAML config file (layered over --preset when both)")
     tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.set_defaults(func=_cmd_train)
+
+    co = sub.add_parser("config", help="print the resolved config (defaults, preset, --config "
+                                       "file, --set) as YAML, without running anything")
+    co.add_argument("--preset", help="a bundled preset (metazoo list presets)")
+    co.add_argument("--config", help="a YAML config file, layered over the preset")
+    co.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config values, e.g. train.meta_steps=100")
+    co.set_defaults(func=_cmd_config)
 
     pt = sub.add_parser("pretrain", help="train a backbone by plain classification over every "
                                          "class of the train split (Baseline, SimpleShot, RFS)")

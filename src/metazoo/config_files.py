@@ -130,8 +130,22 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then a preset or a YAML file, then `--set` overrides; validated."""
-    if preset and config_file:
-        raise ConfigError("give either --preset or --config, not both")
-    base = preset_dict(preset) if preset else read_yaml(Path(config_file)) if config_file else {}
+    """Defaults, then a preset, then a YAML file over it, then `--set` overrides; validated."""
+    base = preset_dict(preset) if preset else {}
+    if config_file:
+        base = merged(base, read_yaml(Path(config_file)))
     return from_dict(apply_overrides(base, overrides or []))
+
+
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over` laid on it, section by section (nested mappings merge, values
+    replace). A new `algorithm.name` starts that algorithm's options afresh."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            same = key != "algorithm" or value.get("name", old.get("name")) == old.get("name")
+            out[key] = merged(old, value) if same else dict(value)
+        else:
+            out[key] = value
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metazoo.algorithms.base import Algorithm
-from metazoo.engine.run import RESULTS, load_run, resolve_device, task_source, write_json
+from metazoo.engine.run import load_run, resolve_device, task_source, write_json
 from metazoo.engine.scoring import Scores
 from metazoo.errors import ConfigError
 from metazoo.tasks import TaskBatch, TaskSource
