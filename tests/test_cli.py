@@ -43,7 +43,9 @@ def test_too_many_ways_and_examples(capsys, tmp_path, synthetic_data):
 def test_train_eval_plot_and_no_overwrite(capsys, tmp_path, synthetic_data):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--set", *FAST]) == 0
-    assert "test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    assert "step 2: val accuracy" in out and "(best " in out  # each validation is printed
     _one_line_error(capsys, ["train", "--out", str(run), "--set", *FAST], "--resume")
     assert main(["eval", str(run), "--episodes", "12", "--ways", "3"]) == 0
     assert "12 episodes, 3-way" in capsys.readouterr().out

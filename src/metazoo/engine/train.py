@@ -287,6 +287,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                     if _better(result, best):
                         best = result.mean
                         _save_best(run_dir / BEST, alg, done, result, shape)
+                    line = (f"step {done}: val {result.metric} {result.mean:.4f} ± "
+                            f"{result.ci95:.4f} (best {best:.4f})")
+                    if t.progress:
+                        bar.write(line)  # above the bar, which redraws below it
+                    else:
+                        _say(line)
                     save(done)
                 elif done % t.checkpoint_every == 0 or last:
                     save(done)
