@@ -12,6 +12,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     alpaca,
     anil,
     baseline,
+    bmaml,
     caml,
     cavia,
     gnn,
@@ -19,6 +20,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     imp,
     leo,
     leopard,
+    llama,
     lrd2,
     lstm_learner,
     maml,
@@ -38,6 +40,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     siamese,
     simpleshot,
     snail,
+    versa,
 )
 from metazoo.algorithms.base import Algorithm, AlgorithmConfig
 from metazoo.algorithms.registry import (
