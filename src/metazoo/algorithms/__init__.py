@@ -31,6 +31,7 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     meta_sgd,
     metaoptnet_svm,
     mtl,
+    platipus,
     proto_maml,
     protonet,
     r2d2,
