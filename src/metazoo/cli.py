@@ -187,8 +187,16 @@ def _eval_offset_labels(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from metazoo.engine.predict import predict_folders
 
-    for path, label, prob in predict_folders(Path(args.run_dir), Path(args.support),
-                                             Path(args.query), invert=args.invert):
+    rows = predict_folders(Path(args.run_dir), Path(args.support),
+                           [Path(q) for q in args.query], invert=args.invert)
+    if args.format == "json":
+        import json
+
+        print(json.dumps([{"file": str(f), "class": c, "probability": round(p, 6)}
+                          for f, c, p in rows], indent=1))
+        return 0
+    print("file\tclass\tprobability")
+    for path, label, prob in rows:
         print(f"{path}\t{label}\t{prob:.3f}")
     return 0
 
@@ -276,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="classify your own images with a trained run")
     pr.add_argument("run_dir")
     pr.add_argument("--support", required=True, help="folder with one sub-folder per class")
-    pr.add_argument("--query", required=True, help="folder of images to classify")
+    pr.add_argument("--query", required=True, nargs="+", action="extend",
+                    help="image files or folders of images to classify")
+    pr.add_argument("--format", choices=["tsv", "json"], default="tsv",
+                    help="tsv: a header line, then file, class, probability per image; json: a "
+                         "list of objects with those keys")
     pr.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                     help="invert grey levels (auto: when the run saw ink-high images and these "
                          "have light backgrounds)")

@@ -97,6 +97,9 @@ def test_load_class_folder_and_load_images(tmp_path):
     gray(9).save(query / "a.jpeg")
     imgs, paths = folder.load_images(query, 5, channels=1)
     assert imgs.shape == (2, 1, 5, 5) and [p.name for p in paths] == ["a.jpeg", "b.png"]
+    mixed, paths = folder.load_images([query / "b.png", query], 5, channels=1)  # file, folder
+    assert [p.name for p in paths] == ["b.png", "a.jpeg", "b.png"]
+    assert torch.equal(mixed[0], mixed[2]) and torch.equal(mixed[1], imgs[0])
 
 
 def test_errors(tmp_path):
@@ -107,6 +110,11 @@ def test_errors(tmp_path):
         folder.load("all", root=tmp_path / "empty")
     with pytest.raises(DataError, match="holds no images"):
         folder.load_images(tmp_path / "empty", 8)
+    with pytest.raises(DataError, match="does not exist; give image files or folders"):
+        folder.load_images(tmp_path / "missing.png", 8)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not an image file"):
+        folder.load_images([tmp_path / "notes.txt"], 8)
     root = make_folder(tmp_path / "imgs", classes=3)
     (root / "class09").mkdir()
     with pytest.raises(DataError, match="class09"):

@@ -42,7 +42,19 @@ def test_predict_classifies_query_images_of_support_classes(tmp_path, capsys, sy
     assert correct >= 9, out  # chance is 3 of 12
     assert main(["predict", str(run), "--support", str(tmp_path / "support"), "--query",
                  str(tmp_path / "query")]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 12
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "file\tclass\tprobability" and len(lines) == 13
+    one, folder = tmp_path / "query" / "c1_2.png", tmp_path / "query"
+    assert main(["predict", str(run), "--support", str(tmp_path / "support"), "--query",
+                 str(one), str(folder), "--format", "json"]) == 0  # a file and a folder
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 13 and rows[0]["file"] == str(one)
+    assert {"file", "class", "probability"} == rows[0].keys()
+    assert rows[0]["class"] == next(r["class"] for r in rows[1:] if r["file"] == str(one))
+    assert main(["predict", str(run), "--support", str(tmp_path / "support"), "--query",
+                 str(tmp_path / "nothing.png")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing.png does not exist" in err and "--data-root" not in err
     assert main(["predict", str(run), "--support", str(tmp_path / "none"), "--query",
                  str(tmp_path / "query")]) == 2
 

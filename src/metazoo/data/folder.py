@@ -18,6 +18,7 @@ keyed by every file's path, size and mtime, so editing the folder invalidates th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from torch import Tensor
 from metazoo.data.base import ClassDataset, DatasetSpec
 from metazoo.data.cache import cache_key, cached_dataset, resolve_root, writable_cache_dir
 from metazoo.data.check import DataCheck
-from metazoo.data.images import is_grayscale, list_images, open_image, to_gray, to_rgb
+from metazoo.data.images import (
+    IMAGE_EXTENSIONS,
+    is_grayscale,
+    list_images,
+    open_image,
+    to_gray,
+    to_rgb,
+)
 from metazoo.errors import ConfigError, DataError
 
 VERSION = 1  # bump when decoding changes, so stale caches are not reused
@@ -38,7 +46,7 @@ SPLITS = ("train", "val", "test", "all")
 def _folder(path: str | os.PathLike[str]) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist; pass --data-root DIR with one "
+        raise DataError(f"image folder {folder} does not exist; give a folder with one "
                         "sub-folder of images per class")
     return folder
 
@@ -101,20 +109,36 @@ def load_class_folder(path: str | os.PathLike[str], image_size: int,
     return decode_files(flat, image_size, channels), labels, names, flat
 
 
-def load_images(path: str | os.PathLike[str], image_size: int,
-                channels: int | None = None) -> tuple[Tensor, list[Path]]:
-    """Every image directly inside a folder (e.g. the query images given to `predict`).
+def load_images(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                image_size: int, channels: int | None = None) -> tuple[Tensor, list[Path]]:
+    """Query images (what `predict --query` takes): image files, and folders whose images
+    (directly inside, sorted by name) are all taken, in the order given.
 
     Returns:
-        images `[M, C, S, S]` uint8 and the file of each row (sorted by name).
+        images `[M, C, S, S]` uint8 and the file of each row.
 
     Raises:
-        DataError: the folder does not exist, holds no images, or an image is corrupt.
+        DataError: a path does not exist or is not an image, a folder holds no images, or an
+            image is corrupt.
     """
-    folder = _folder(path)
-    files = list_images(folder)
+    given = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    files: list[Path] = []
+    for item in given:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DataError(f"{path} holds no images (png/jpg/jpeg/bmp/gif/webp)")
+            files += found
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(f"{path} is not an image file (png/jpg/jpeg/bmp/gif/webp)")
+            files.append(path)
+        else:
+            raise DataError(f"query {path} does not exist; give image files or folders of "
+                            "images")
     if not files:
-        raise DataError(f"{folder} holds no images (png/jpg/jpeg/bmp/gif/webp)")
+        raise DataError("no query images given")
     return decode_files(files, image_size, channels), files
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -14,10 +15,11 @@ from metazoo.engine.run import image_size, input_transform, load_run
 from metazoo.errors import ConfigError, DataError
 
 
-def predict_folders(run_dir: Path, support: Path, query: Path, *,
+def predict_folders(run_dir: Path, support: Path, query: Path | Sequence[Path], *,
                     invert: Literal["auto", "yes", "no"] = "auto"
                     ) -> list[tuple[Path, str, float]]:
-    """Adapt the run's algorithm to `support/<class>/*` and classify every image in `query/`.
+    """Adapt the run's algorithm to `support/<class>/*` and classify the `query` images: image
+    files, or folders whose images are all taken (`metazoo.data.folder.load_images`).
 
     Images are resized to the run's image size and converted to its channels. With
     `invert="auto"`, grey levels are inverted when the run was trained on ink-high drawings
