@@ -25,3 +25,10 @@ def test_results_without_bins_are_named(tmp_path, results):
     assert not has_reliability(tmp_path)
     with pytest.raises(CheckpointError, match=r"no reliability bins.*metazoo eval"):
         plot_reliability(tmp_path)
+
+
+def test_learning_curves_label_the_episodes_of_each_split():
+    from metazoo.plots import _episodes
+
+    assert _episodes(5, 1, None) == "5-way 1-shot"
+    assert _episodes(1, 10, 3) == "10-shot, 3 inner steps"  # regression has one "way"

@@ -38,31 +38,70 @@ def _series(rows: list[dict[str, str]], split: str, key: str) -> tuple[list[int]
 
 
 def plot_learning_curves(run_dir: Path) -> Path:
-    """`learning_curves.png`: training loss, and training/validation accuracy or MSE, by step."""
+    """`learning_curves.png`: training loss, and training/validation accuracy or MSE by step,
+    each split labelled with its episodes (N-way K-shot, inner steps where they differ), the
+    validation's 95% CI as a band, the test result marked at the last step. Series of few points
+    get markers, so a short run still shows."""
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metazoo.engine.run import RESULTS, read_config
+
     path = run_dir / "metrics.csv"
     if not path.exists():
         raise CheckpointError(f"no metrics.csv in '{run_dir}'; is it a run folder?")
     rows = read(path)
+    cfg = read_config(run_dir)
     metric = "mse" if any(r.get("mse") for r in rows) else "acc"
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(*_series(rows, "train", "loss"), label="train")
+    name = "MSE" if metric == "mse" else "accuracy"
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def marker(points: list[int]) -> str | None:
+        return "o" if len(points) < 20 else None
+
+    steps, loss = _series(rows, "train", "loss")
+    ax_loss.plot(steps, loss, marker=marker(steps), label="train")
     ax_loss.set(xlabel="meta-step", ylabel="meta-loss", title="meta-training loss")
+    inner = getattr(cfg.algorithm.config, "inner_steps", None)
+    test_inner = getattr(cfg.algorithm.config, "eval_inner_steps", None) or inner
+    labels = {"train": _episodes(cfg.data.ways, cfg.data.shots, inner),
+              "val": _episodes(cfg.eval.ways, cfg.eval.shots, test_inner)}
     for split in ("train", "val"):
         steps, values = _series(rows, split, metric)
-        if steps:
-            ax_metric.plot(steps, values, marker="o" if split == "val" else None, label=split)
-    ax_metric.set(xlabel="meta-step", ylabel="query " + ("MSE" if metric == "mse" else "accuracy"),
-                  title="query " + ("MSE" if metric == "mse" else "accuracy"))
+        if not steps:
+            continue
+        line, = ax_metric.plot(steps, values, marker="o" if split == "val" else marker(steps),
+                               label=f"{split} ({labels[split]})")
+        _, band = _series(rows, split, "ci95")
+        if split == "val" and len(band) == len(values):
+            ax_metric.fill_between(steps, [v - c for v, c in zip(values, band, strict=True)],
+                                   [v + c for v, c in zip(values, band, strict=True)],
+                                   color=line.get_color(), alpha=0.2, label="val 95% CI")
+    try:
+        result = json.loads((run_dir / RESULTS).read_text())
+        mean, ci = float(result[result["metric"]]), float(result["ci95"])
+        at = max((int(r["step"]) for r in rows), default=0)
+        ax_metric.errorbar([at], [mean], yerr=[ci], fmt="*", ms=12, color="tab:red", capsize=4,
+                           label=f"test {mean:.4f} ± {ci:.4f} ({result['episodes']} episodes, "
+                                 f"{_episodes(result['ways'], result['shots'], test_inner)})")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no test yet (a run still training): the curves alone
+    ax_metric.set(xlabel="meta-step", ylabel=f"query {name}", title=f"query {name}")
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, run_dir / "learning_curves.png")
+
+
+def _episodes(ways: int, shots: int, inner_steps: int | None) -> str:
+    """`5-way 1-shot` (`, 3 inner steps`), or `10-shot` for regression (one "way")."""
+    text = f"{shots}-shot" if ways == 1 else f"{ways}-way {shots}-shot"
+    return text if inner_steps is None else f"{text}, {inner_steps} inner steps"
 
 
 def save(fig: Any, path: Path) -> Path:
