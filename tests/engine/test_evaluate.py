@@ -132,3 +132,20 @@ def test_classifiers_report_nll_brier_and_ece_of_their_predictions():
     written = result.to_json()
     assert {"nll", "nll_ci95", "brier", "ece", "reliability"} <= written.keys()
     assert "ECE" in result.line() and "Brier" in result.line()
+
+
+def test_regression_results_say_tasks_and_shots_and_no_batch_norm():
+    import torch
+
+    from metazoo.algorithms import build
+    from metazoo.engine.evaluate import batch_norm_mode
+    from metazoo.models import MLP, Conv4
+    from metazoo.tasks import SinusoidTasks
+
+    torch.manual_seed(0)
+    maml = build("maml", MLP((1,), (16,)), ways=1)
+    line = evaluate(maml, SinusoidTasks(shots=5, queries=10, seed=0, split="test"),
+                    episodes=4).line()
+    assert "(4 tasks, 5-shot 10-query" in line and "1-way" not in line
+    assert batch_norm_mode(maml) == "none"  # an MLP has no batch norm to describe
+    assert batch_norm_mode(build("maml", Conv4(hidden=8), ways=5)) == "transductive"

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.engine.run import load_run, resolve_device, task_source, write_json
 from metazoo.engine.scoring import Scores
 from metazoo.errors import ConfigError
+from metazoo.functional import BatchNorm
 from metazoo.tasks import TaskBatch, TaskSource
 
 
@@ -57,8 +59,10 @@ class EvalResult:
             extra.append(f"95% interval holds {self.coverage95:.3f} of targets")
         if self.coverage95_truth is not None:
             extra.append(f"sampled 95% band holds {self.coverage95_truth:.3f} of the true function")
+        shape = f"{self.shots}-shot" if self.metric == "mse" else \
+            f"{self.ways}-way {self.shots}-shot"
         return (f"{self.split} {self.metric} {self.mean:.4f} ± {self.ci95:.4f} "
-                f"({self.episodes} episodes, {self.ways}-way {self.shots}-shot "
+                f"({self.episodes} {'tasks' if self.metric == 'mse' else 'episodes'}, {shape} "
                 f"{self.queries}-query, {self.seconds:.1f} s{''.join(', ' + e for e in extra)})")
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +112,11 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
 
 
 def batch_norm_mode(alg: Algorithm) -> str:
-    """How batch norm used statistics when the number was produced (recorded with results)."""
+    """How batch norm used statistics when the number was produced (recorded with results);
+    "none" for a network without batch norm (an MLP)."""
+    if not any(isinstance(m, nn.modules.batchnorm._NormBase | BatchNorm)
+               for m in alg.modules()):
+        return "none"
     if getattr(alg.config, "eval_bn", "batch") == "running":  # MAML++ with per-step statistics
         return "running"
     return str(getattr(alg.config, "bn_mode", "transductive"))
