@@ -174,3 +174,15 @@ def test_repeated_set_flags_add_up():
         args = build_parser().parse_args([*command, "--set", "a=1", "b=2", "--set", "c=3"])
         assert args.set == ["a=1", "b=2", "c=3"]
     assert build_parser().parse_args(["train"]).set == []
+
+
+def test_piped_training_prints_a_line_per_logged_window_and_no_bar(capsys, synthetic_data):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = [s for s in FAST if not s.startswith("train.progress")]
+        assert main(["train", "--out", f"{tmp}/run", "--set", *settings,
+                     "train.log_every=2"]) == 0  # progress on, but stderr is not a terminal
+    captured = capsys.readouterr()
+    assert "step 2/4: loss" in captured.out and "episodes/s" in captured.out
+    assert "\r" not in captured.err and "meta-train" not in captured.err

@@ -68,7 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (also written at each validation)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
-    progress: bool = True  # progress bar
+    progress: bool = True  # a progress bar on a terminal; piped, a line per log_every steps
 
 
 @dataclass(frozen=True)

@@ -237,8 +237,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
 
     if state is not None and RNG in state[0]:
         torch.set_rng_state(state[0][RNG])
+    # the bar on a terminal; piped or redirected, a plain line per logged window instead
+    drawn = t.progress and sys.stderr.isatty()
     bar = tqdm(range(start_step, t.meta_steps), initial=start_step, total=t.meta_steps,
-               disable=not t.progress, desc="meta-train", unit="step", dynamic_ncols=True)
+               disable=not drawn, desc="meta-train", unit="step", dynamic_ncols=True)
     alg.train()
     started = time.perf_counter()
     try:
@@ -275,6 +277,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                               seconds=secs, **means)
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()},
                                      "eps/s": f"{eps:.1f}"})
+                    if t.progress and not drawn:
+                        _say(f"step {done}/{t.meta_steps}: " + ", ".join(
+                            f"{k} {v:.4f}" for k, v in means.items()) + f", {eps:.1f} episodes/s")
                     if done % t.log_every == 0:  # a last, partial window stays open
                         sums.clear()
                         window_start, window_steps = time.perf_counter(), 0
@@ -289,7 +294,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                         _save_best(run_dir / BEST, alg, done, result, shape)
                     line = (f"step {done}: val {result.metric} {result.mean:.4f} ± "
                             f"{result.ci95:.4f} (best {best:.4f})")
-                    if t.progress:
+                    if drawn:
                         bar.write(line)  # above the bar, which redraws below it
                     else:
                         _say(line)
