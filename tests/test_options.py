@@ -44,3 +44,12 @@ def test_cli_config_prints_what_train_would_run(capsys):
     assert printed == load_config("maml-omniglot-5w1s", None,
                                   ["train.meta_steps=3", "seed=4"]).to_dict()
     assert printed["train"]["meta_steps"] == 3 and printed["seed"] == 4
+
+
+def test_data_root_is_a_flag_of_every_command_that_reads_data(capsys):
+    assert main(["config", "--preset", "maml-omniglot-5w1s", "--data-root", "/some/dir"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["root"] == "/some/dir"
+    assert main(["train", "--preset", "maml-omniglot-5w1s", "--data-root", "/nonexistent",
+                 "--out", "/nonexistent/run"]) == 2  # the data's own message, in one line
+    err = capsys.readouterr().err
+    assert "/nonexistent" in err and "--data-root" in err and len(err.splitlines()) == 1

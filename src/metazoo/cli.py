@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")
     tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
     tr.add_argument("--config", help="a YAML config file (layered over --preset when both)")
+    tr.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
     tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "file, --set) as YAML, without running anything")
     co.add_argument("--preset", help="a bundled preset (metazoo list presets)")
     co.add_argument("--config", help="a YAML config file, layered over the preset")
+    co.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
     co.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     co.set_defaults(func=_cmd_config)
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "class of the train split (Baseline, SimpleShot, RFS)")
     pt.add_argument("--preset", help="a bundled preset (pretrain-...)")
     pt.add_argument("--config", help="a YAML config file")
+    pt.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
     pt.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. pretrain.epochs=2")
     pt.add_argument("--out", help="run folder (default runs/<preset or pretrain>)")
@@ -305,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     from metazoo.engine.stopping import raise_interrupted
 
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "pretrain", "config") and args.data_root:
+        args.set = [*args.set, f"data.root={args.data_root}"]  # after the others: it wins
     tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM (`kill`, schedulers) stops a command as Ctrl-C does: with a message, not silently
