@@ -64,6 +64,27 @@ def test_splits_are_seeded_disjoint_70_10_20(tmp_path):
     assert all(len(v) >= 1 for v in folder.split_classes(3, 0).values())
 
 
+def test_listed_splits_replace_the_seeded_one(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=5, per_class=1)
+    (root / "train.txt").write_text("# published split\nclass03\nclass01\n\nclass00\n")
+    (root / "val.txt").write_text("class02\n")
+    (root / "test.txt").write_text("class04\n")
+    for seed in (0, 5):  # the lists, whatever the seed
+        assert folder.load("train", root=root, seed=seed).class_names == (
+            "class00", "class01", "class03")
+        assert folder.load("test", root=root, seed=seed).class_names == ("class04",)
+    assert len(folder.load("all", root=root).class_names) == 5  # the .txt files are no class
+    (root / "test.txt").write_text("class02\n")
+    with pytest.raises(DataError, match="class02.*both val.txt and test.txt"):
+        folder.load("train", root=root)
+    (root / "test.txt").write_text("class09\n")
+    with pytest.raises(DataError, match="'class09', which has no folder"):
+        folder.load("train", root=root)
+    (root / "test.txt").unlink()
+    with pytest.raises(DataError, match="has no test.txt"):
+        folder.load("val", root=root)
+
+
 def test_cache_is_used_outside_the_folder_and_invalidated_by_edits(tmp_path, monkeypatch,
                                                                    isolated_home):
     root = make_folder(tmp_path / "imgs")

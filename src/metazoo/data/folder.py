@@ -6,8 +6,10 @@ inversion: unlike Omniglot we cannot know which side is the ink). The dataset is
 channel) when every image carries no colour (1-bit, grayscale, or RGB with R = G = B), else RGB
 (3 channels); transparent pixels become white. A GIF contributes its first frame.
 
-Splits: `all` (every class), or `train`/`val`/`test`, a seeded 70/10/20 split of the classes (the
-run's `seed` chooses it, so two runs with one seed see the same classes). Decoded images are cached
+Splits: `all` (every class), or `train`/`val`/`test`: the class names listed one per line in
+`train.txt`, `val.txt` and `test.txt` beside the class folders when the folder has them (a fixed,
+published split), else a seeded 70/10/20 split of the classes (the run's `seed` chooses it, so
+two runs with one seed see the same classes). Decoded images are cached
 under `<data root>/cache` (never inside your folder, where a new sub-folder would become a class),
 keyed by every file's path, size and mtime, so editing the folder invalidates the cache.
 
@@ -158,10 +160,44 @@ def split_classes(num_classes: int, seed: int) -> dict[str, list[int]]:
             "test": sorted(perm[n_train + n_val:])}
 
 
+def listed_splits(folder: Path, names: Sequence[str]) -> dict[str, list[int]] | None:
+    """Class indices of train/val/test from `train.txt`, `val.txt`, `test.txt` in `folder` (class
+    names, one per line; blank lines and `#` comments skipped); None when none of them exists.
+
+    Raises:
+        DataError: one of the three missing, a name without its folder, a class in two lists,
+            or an empty list.
+    """
+    paths = {split: folder / f"{split}.txt" for split in ("train", "val", "test")}
+    if not any(p.is_file() for p in paths.values()):
+        return None
+    index = {name: i for i, name in enumerate(names)}
+    chosen: dict[str, list[int]] = {}
+    seen: dict[str, str] = {}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise DataError(f"{folder} lists its classes by split but has no {path.name}; add it "
+                            "(class names, one per line) or remove the other lists")
+        listed = [line.strip() for line in path.read_text().splitlines()
+                  if line.strip() and not line.strip().startswith("#")]
+        if not listed:
+            raise DataError(f"{path} lists no classes")
+        for name in listed:
+            if name not in index:
+                raise DataError(f"{path} names class '{name}', which has no folder in {folder}")
+            if name in seen:
+                raise DataError(f"class '{name}' is in both {seen[name]}.txt and {split}.txt; "
+                                "a class belongs to one split")
+            seen[name] = split
+        chosen[split] = sorted(index[name] for name in listed)
+    return chosen
+
+
 def check(root: Path) -> DataCheck:
     """The class sub-folders of the user's folder `root` and their image counts."""
     layout = (f"{root}/<class name>/<image>.png|jpg|... : one sub-folder per class, at least "
-              "one image each (classes split 70/10/20 into train/val/test by the run's seed)")
+              "one image each; train.txt/val.txt/test.txt beside them (class names) fix the split, "
+              "else the classes are split 70/10/20 by the run's seed")
     if not root.is_dir():
         return DataCheck("folder", root, (), (f"{root} (no such folder)",), layout,
                          "pass --data-root DIR, the folder of class sub-folders")
@@ -180,11 +216,12 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
     """One split of the user's image folder as a `ClassDataset`.
 
     Args:
-        split: "all", or "train" / "val" / "test" (70/10/20 of the classes, chosen by `seed`).
+        split: "all", or "train" / "val" / "test" (the folder's lists, else 70/10/20 of the
+            classes, chosen by `seed`).
         root: the folder of class sub-folders (`data.root`); `resolve_root` applies.
         download: ignored; the images are yours.
         image_size: side of the square images, pixels.
-        seed: chooses the class split.
+        seed: chooses the class split (unless the folder lists it: `listed_splits`).
 
     Raises:
         ConfigError: unknown split or image size below 4.
@@ -215,7 +252,7 @@ def load(split: str, *, root: str | os.PathLike[str] | None = None, download: bo
     everything = cached_dataset(cache_dir, key, f"folder/{folder.name}", build)
     if split == "all":
         return everything
-    chosen = split_classes(len(names), seed)[split]
+    chosen = (listed_splits(folder, names) or split_classes(len(names), seed))[split]
     return everything.select_classes(chosen, f"folder/{split}")
 
 
