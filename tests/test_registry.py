@@ -39,3 +39,35 @@ def test_temporarily_adds_then_removes_even_after_an_error():
     with pytest.raises(RuntimeError, match="twice"), reg.temporarily(Spec("kept")):
         pass
     assert reg.get("kept") == Spec("kept")  # a refused temporary entry removes nothing
+
+
+def test_a_backbone_with_torch_running_statistics_is_warned_about_once():
+    import warnings
+
+    import pytest
+    from torch import nn
+
+    from metazoo.algorithms import build
+    from metazoo.algorithms import registry as reg
+    from metazoo.models import Conv4
+
+    class UserNet(nn.Module):
+        feature_dim = 4
+
+        def __init__(self, track: bool = True) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(
+                4, track_running_stats=track), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+        def forward(self, x):
+            return self.body(x)
+
+    reg._WARNED.discard("BatchNorm2d")
+    with pytest.warns(UserWarning, match="BatchNorm2d keeps running statistics"):
+        build("protonet", UserNet(), ways=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("protonet", UserNet(), ways=5)  # once only
+        reg._WARNED.discard("BatchNorm2d")
+        build("protonet", UserNet(track=False), ways=5)  # follows the rule: no warning
+        build("protonet", Conv4(hidden=8), ways=5)  # the library's own batch norm

@@ -8,6 +8,7 @@ table and the contract tests; `metazoo/algorithms/__init__.py` imports every alg
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -93,4 +94,26 @@ def build_with(name: str, backbone: nn.Module, *, ways: int, config: AlgorithmCo
     if not isinstance(config, spec.config):
         raise ConfigError(f"algorithm '{name}' takes a {spec.config.__name__}, "
                           f"got a {type(config).__name__}")
+    warn_running_statistics(backbone)
     return spec.cls(backbone, config, ways=ways)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_running_statistics(backbone: nn.Module) -> None:
+    """Warn once per layer type when a backbone holds torch's batch norm with running
+    statistics: in evaluation it would normalise with running averages gathered across training
+    episodes, not with each episode's own statistics (the library's rule, `bn_mode`), and under
+    `vmap` it cannot update them at all. `metazoo.functional.BatchNorm` (or
+    `track_running_stats=False`) follows the rule."""
+    for module in backbone.modules():
+        kind = type(module).__name__
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+                and kind not in _WARNED):
+            _WARNED.add(kind)
+            warnings.warn(f"the backbone's {kind} keeps running statistics: evaluation would "
+                          "normalise with averages over training episodes, unlike metazoo's "
+                          "batch-norm rule (each episode's own statistics, algorithm.bn_mode); "
+                          "use metazoo.functional.BatchNorm or track_running_stats=False",
+                          UserWarning, stacklevel=3)
