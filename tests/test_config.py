@@ -85,7 +85,7 @@ def test_to_dict_writes_every_option_and_reads_back():
     d = cfg.to_dict()
     fields = {f.name for f in dataclasses.fields(cfg.algorithm.config)}
     assert set(d["algorithm"]) == {"name", *fields}
-    assert list(d) == ["seed", "data", "model", "train", "eval", "augment", "pretrain",
+    assert list(d) == ["seed", "plugins", "data", "model", "train", "eval", "augment", "pretrain",
                        "algorithm"]
     assert d["model"]["widths"] == [40, 40]  # tuples as lists: plain JSON
     assert json.loads(json.dumps(d)) == d

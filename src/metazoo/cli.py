@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
     tr.add_argument("--config", help="a YAML config file (layered over --preset when both)")
     tr.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
+    tr.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first: it registers your own backbone, dataset or "
+                         "algorithm (recorded in the run folder)")
     tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
@@ -248,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--preset", help="a bundled preset (metazoo list presets)")
     co.add_argument("--config", help="a YAML config file, layered over the preset")
     co.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
+    co.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first: it registers your own backbone, dataset or "
+                         "algorithm (recorded in the run folder)")
     co.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. train.meta_steps=100")
     co.set_defaults(func=_cmd_config)
@@ -257,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--preset", help="a bundled preset (pretrain-...)")
     pt.add_argument("--config", help="a YAML config file")
     pt.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
+    pt.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first: it registers your own backbone, dataset or "
+                         "algorithm (recorded in the run folder)")
     pt.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help="override config values, e.g. pretrain.epochs=2")
     pt.add_argument("--out", help="run folder (default runs/<preset or pretrain>)")
@@ -308,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     from metazoo.engine.stopping import raise_interrupted
 
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "pretrain", "config") and args.data_root:
-        args.set = [*args.set, f"data.root={args.data_root}"]  # after the others: it wins
+    if args.command in ("train", "pretrain", "config"):  # after the others: they win
+        if args.plugin:
+            args.set = [*args.set, "plugins=[{}]".format(", ".join(args.plugin))]
+        if args.data_root:
+            args.set = [*args.set, f"data.root={args.data_root}"]
     tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM (`kill`, schedulers) stops a command as Ctrl-C does: with a message, not silently

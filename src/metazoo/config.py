@@ -153,6 +153,8 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0  # seeds initial weights and every episode
+    # modules imported first: they register your own backbones, datasets or algorithms
+    plugins: tuple[str, ...] = ()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     algorithm: AlgorithmChoice = field(default_factory=_default_algorithm)
@@ -165,7 +167,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (as `config.json` holds them), the algorithm's options flattened
         next to its name."""
-        d: dict[str, Any] = {"seed": self.seed}
+        d: dict[str, Any] = {"seed": self.seed, "plugins": list(self.plugins)}
         for name in SECTIONS:
             d[name] = {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
         d["algorithm"] = self.algorithm.to_dict()

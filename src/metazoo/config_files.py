@@ -19,6 +19,7 @@ import yaml
 from metazoo.config import DEFAULT_ALGORITHM, SECTIONS, AlgorithmChoice, RunConfig
 from metazoo.errors import ConfigError
 from metazoo.fields import coerce, did_you_mean, from_mapping
+from metazoo.plugins import import_plugins
 
 
 def algorithm_choice(values: Mapping[str, Any]) -> AlgorithmChoice:
@@ -33,11 +34,16 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
     """A validated `RunConfig` from nested dicts (as read from YAML or JSON)."""
     if not isinstance(d, Mapping):
         raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
-    known = ["seed", "algorithm", *SECTIONS]
+    known = ["seed", "plugins", "algorithm", *SECTIONS]
     kwargs: dict[str, Any] = {}
+    if "plugins" in d:  # first: they register the parts the other sections name
+        kwargs["plugins"] = tuple(coerce(d["plugins"], tuple[str, ...], "plugins"))
+        import_plugins(kwargs["plugins"])
     for key, v in d.items():
         if key not in known:
             raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}")
+        if key == "plugins":
+            continue
         if key == "seed":
             kwargs["seed"] = coerce(v, int, "seed")
         elif not isinstance(v, Mapping):

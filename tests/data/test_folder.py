@@ -75,13 +75,13 @@ def test_listed_splits_replace_the_seeded_one(tmp_path):
         assert folder.load("test", root=root, seed=seed).class_names == ("class04",)
     assert len(folder.load("all", root=root).class_names) == 5  # the .txt files are no class
     (root / "test.txt").write_text("class02\n")
-    with pytest.raises(DataError, match="class02.*both val.txt and test.txt"):
+    with pytest.raises(DataError, match=r"class02.*both val\.txt and test\.txt"):
         folder.load("train", root=root)
     (root / "test.txt").write_text("class09\n")
     with pytest.raises(DataError, match="'class09', which has no folder"):
         folder.load("train", root=root)
     (root / "test.txt").unlink()
-    with pytest.raises(DataError, match="has no test.txt"):
+    with pytest.raises(DataError, match=r"has no test\.txt"):
         folder.load("val", root=root)
 
 

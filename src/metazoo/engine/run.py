@@ -25,6 +25,7 @@ from metazoo.config_files import apply_overrides, from_dict
 from metazoo.data import get_spec
 from metazoo.engine import checkpoint, lock
 from metazoo.errors import CheckpointError, ConfigError
+from metazoo.plugins import discovered
 from metazoo.tasks import TaskSource, make_task_source
 from metazoo.tasks.augment import AugmentedEpisodes, normalize
 
@@ -55,8 +56,10 @@ def image_size(cfg: RunConfig) -> int:
 
 
 def resolved(cfg: RunConfig) -> RunConfig:
-    """`cfg` with what it leaves to the dataset filled in, as `config.json` records it."""
-    return replace(cfg, data=replace(cfg.data, image_size=image_size(cfg)))
+    """`cfg` with what it leaves to the dataset filled in, and the modules of the user's own
+    registered parts it uses (`plugins.discovered`), as `config.json` records it."""
+    return replace(cfg, data=replace(cfg.data, image_size=image_size(cfg)),
+                   plugins=discovered(cfg))
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
