@@ -209,6 +209,18 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_arguments(p: argparse.ArgumentParser, preset: str, example: str) -> None:
+    """The arguments that make a config (train, pretrain, config): layered in this order."""
+    p.add_argument("--preset", help=f"a {preset}")
+    p.add_argument("--config", help="a YAML config file, layered over the preset")
+    p.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: it registers your own backbone, dataset or "
+                        "algorithm (recorded in the run folder)")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help=f"override config values, e.g. {example}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metazoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,40 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_cmd_data_check)
 
     tr = sub.add_parser("train", help="meta-train, then evaluate on the test split")
-    tr.add_argument("--preset", help="a bundled preset (metazoo list presets)")
-    tr.add_argument("--config", help="a YAML config file (layered over --preset when both)")
-    tr.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
-    tr.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="import MODULE first: it registers your own backbone, dataset or "
-                         "algorithm (recorded in the run folder)")
-    tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config values, e.g. train.meta_steps=100")
+    _config_arguments(tr, "bundled preset (metazoo list presets)", "train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.set_defaults(func=_cmd_train)
 
     co = sub.add_parser("config", help="print the resolved config (defaults, preset, --config "
                                        "file, --set) as YAML, without running anything")
-    co.add_argument("--preset", help="a bundled preset (metazoo list presets)")
-    co.add_argument("--config", help="a YAML config file, layered over the preset")
-    co.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
-    co.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="import MODULE first: it registers your own backbone, dataset or "
-                         "algorithm (recorded in the run folder)")
-    co.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config values, e.g. train.meta_steps=100")
+    _config_arguments(co, "bundled preset (metazoo list presets)", "train.meta_steps=100")
     co.set_defaults(func=_cmd_config)
 
     pt = sub.add_parser("pretrain", help="train a backbone by plain classification over every "
                                          "class of the train split (Baseline, SimpleShot, RFS)")
-    pt.add_argument("--preset", help="a bundled preset (pretrain-...)")
-    pt.add_argument("--config", help="a YAML config file")
-    pt.add_argument("--data-root", help="data folder: the same as --set data.root=DIR")
-    pt.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="import MODULE first: it registers your own backbone, dataset or "
-                         "algorithm (recorded in the run folder)")
-    pt.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config values, e.g. pretrain.epochs=2")
+    _config_arguments(pt, "bundled preset (pretrain-...)", "pretrain.epochs=2")
     pt.add_argument("--out", help="run folder (default runs/<preset or pretrain>)")
     pt.set_defaults(func=_cmd_pretrain)
 

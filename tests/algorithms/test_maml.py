@@ -13,6 +13,7 @@ from metazoo.functional import params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
 from metazoo.tasks import TaskBatch
+from tests.algorithms.learning import sinusoid_mse_before_after
 
 DT = torch.float64
 
@@ -189,34 +190,23 @@ def test_registry_variants_and_errors():
                       torch.zeros(1, 3, 1), ways=3)
 
 
-def _pre_and_post_mse(model, batch):
-    model.eval()
-    with torch.no_grad():
-        pre = ((torch.vmap(model)(batch.query_x) - batch.query_y) ** 2).mean()
-        post = model.predict(batch.support_x, batch.support_y, batch.query_x)
-    return pre, ((post - batch.query_y) ** 2).mean()
-
-
 @pytest.mark.slow
 def test_learns_sinusoid_regression():
-    from metazoo.tasks import SinusoidTasks
-
     torch.manual_seed(0)
     model = build("maml", MLP((1,), (40, 40)), ways=1, inner_lr=0.01, eval_inner_steps=10)
     assert batching.choose(model) == "vmap"  # auto: the fastest for an MLP
-    tasks = SinusoidTasks(shots=10, queries=10, seed=0, split="train")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for i in range(1500):  # about 15 s on one idle core
-        opt.zero_grad()
-        model.meta_loss(tasks.batch(i, 25))[0].backward()
-        opt.step()
-    pre, post = _pre_and_post_mse(model, SinusoidTasks(10, 10, seed=0, split="test").batch(0, 100))
+    pre, post = sinusoid_mse_before_after(model, steps=1500, lr=3e-3,  # ~15 s, one core
+                                          tasks_per_batch=25)
     assert post * 5 <= pre, (pre, post)
 
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    from tests.algorithms.learning import glyph_episodes, meta_train, query_accuracy
+    from tests.algorithms.learning import (
+    glyph_episodes,
+    meta_train,
+    query_accuracy,
+)
 
     torch.manual_seed(0)
     model = build("maml", Conv4((1, 28, 28), hidden=32), ways=5, eval_inner_steps=3)
