@@ -149,3 +149,21 @@ def test_regression_results_say_tasks_and_shots_and_no_batch_norm():
     assert "(4 tasks, 5-shot 10-query" in line and "1-way" not in line
     assert batch_norm_mode(maml) == "none"  # an MLP has no batch norm to describe
     assert batch_norm_mode(build("maml", Conv4(hidden=8), ways=5)) == "transductive"
+
+
+def test_evaluation_shows_its_episodes_on_a_terminal_only(capsys, monkeypatch):
+    import sys
+
+    import torch
+
+    from metazoo.algorithms import build
+    from metazoo.models import MLP
+    from metazoo.tasks import SinusoidTasks
+
+    torch.manual_seed(0)
+    alg, src = build("maml", MLP((1,), (8,)), ways=1), SinusoidTasks(2, 3, seed=0, split="test")
+    evaluate(alg, src, episodes=5, batch_size=2, progress=True)
+    assert "episodes" not in capsys.readouterr().err  # piped: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    evaluate(alg, src, episodes=5, batch_size=2, progress=True)
+    assert "test episodes" in capsys.readouterr().err

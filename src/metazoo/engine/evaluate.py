@@ -9,6 +9,7 @@ what `metazoo eval RUN_DIR` does, from the Python API.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from metazoo.algorithms.base import Algorithm
 from metazoo.engine.run import load_run, resolve_device, task_source, write_json
@@ -82,8 +84,10 @@ def episode_batches(source: TaskSource, episodes: int, batch_size: int) -> Itera
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_size: int = 16,
-             split: str = "test", device: torch.device | str = "cpu") -> EvalResult:
-    """Evaluate `algorithm` on episodes `0..episodes-1` of `source`."""
+             split: str = "test", device: torch.device | str = "cpu",
+             progress: bool = False) -> EvalResult:
+    """Evaluate `algorithm` on episodes `0..episodes-1` of `source` (`progress`: a bar of
+    episodes on stderr, when that is a terminal)."""
     was_training = algorithm.training
     algorithm.eval()
     scores, done = Scores(), 0
@@ -92,11 +96,15 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
     grad = contextlib.nullcontext() if algorithm.adapts_with_gradients else torch.no_grad()
     try:
         with grad:
-            for batch in episode_batches(source, episodes, batch_size):
-                b = batch.to(device)
-                out = algorithm.predict(b.support_x, b.support_y, b.query_x, ways=b.ways)
-                scores.add(algorithm, b, out.detach(), truth, done)
-                done += len(b)
+            bar = tqdm(total=episodes, desc=f"{split} episodes", unit="episode", leave=False,
+                       disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
+            with bar:
+                for batch in episode_batches(source, episodes, batch_size):
+                    b = batch.to(device)
+                    out = algorithm.predict(b.support_x, b.support_y, b.query_x, ways=b.ways)
+                    scores.add(algorithm, b, out.detach(), truth, done)
+                    done += len(b)
+                    bar.update(len(b))
     finally:
         algorithm.train(was_training)
     s = scores.summary()
@@ -166,7 +174,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
                           "(colour against grey, or another image size); evaluate it on data "
                           "like its training data")
     result = evaluate(alg, source, episodes=ev.episodes, batch_size=ev.batch_size,
-                      split=ev.split, device=device)
+                      split=ev.split, device=device, progress=True)
     path = run / results_name([*differs, *(options or [])])
     write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
                       "options": list(options or []), "dataset": cfg.data.name,

@@ -331,7 +331,7 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm, device: torc
         weights = "best"
     src = src or task_source(cfg, cfg.eval.split, training=False)
     result = evaluate(alg, src, episodes=cfg.eval.episodes, batch_size=cfg.eval.batch_size,
-                      split=cfg.eval.split, device=device)
+                      split=cfg.eval.split, device=device, progress=cfg.train.progress)
     out = {**result.to_json(), "weights": weights, "algorithm": cfg.algorithm.name,
            "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg), "device": str(device)}
     write_json(run_dir / RESULTS, out)
