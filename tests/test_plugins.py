@@ -69,3 +69,13 @@ def test_a_plugin_that_cannot_be_imported_is_one_line(tmp_path):
         load_config(overrides=["plugins=[no_such_mod]"])
     with pytest.raises(ConfigError, match=r"script \(__main__\)"):
         load_config(overrides=["plugins=[__main__]"])
+
+
+def test_a_plugin_in_the_current_directory_is_found_as_python_m_would(tmp_path, monkeypatch):
+    from metazoo.plugins import import_plugins
+
+    (tmp_path / "here_plugin_mod.py").write_text("FOUND = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import_plugins(["here_plugin_mod"])
+    assert sys.modules.pop("here_plugin_mod").FOUND

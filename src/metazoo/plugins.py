@@ -13,6 +13,8 @@ registered in the script itself (`__main__`) cannot be imported again, and the r
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,12 @@ if TYPE_CHECKING:
 
 
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import each module (it registers its parts); `ConfigError` naming one that fails."""
+    """Import each module (it registers its parts); `ConfigError` naming one that fails. The
+    current directory is searched last, as `python -m` would (the `metazoo` script alone does
+    not put it on the path)."""
+    here = os.getcwd()
+    if modules and here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
     for name in modules:
         if name == "__main__":
             raise ConfigError("the run uses a part registered in a script (__main__), which "
