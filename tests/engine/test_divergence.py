@@ -26,6 +26,8 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_a_finite_checkpoint(tmp_p
     tensors = load_file(str(run / "checkpoint.safetensors"))
     assert all(t.isfinite().all() for t in tensors.values() if t.is_floating_point())
     assert not (run / "results.json").exists()
+    said = (run / "error.txt").read_text()  # the folder says why it has no results
+    assert "training diverged at step" in said and said.count("\n") == 1
 
 
 def _trained(tmp_path, capsys):

@@ -3,7 +3,8 @@
 A run folder holds `config.json` (the resolved config, written once when the run starts),
 `checkpoint.safetensors` (latest state, for `--resume`), `best.safetensors` (weights with the
 best validation score), `metrics.csv`, `results.json`, `resumes.json` (what each resume changed,
-if one did) and, while a run trains in it, `.lock` (see `engine.lock`).
+if one did), `error.txt` (when and why a started run stopped on an error) and, while a run
+trains in it, `.lock` (see `engine.lock`).
 """
 
 from __future__ import annotations

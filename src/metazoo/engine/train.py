@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from metazoo import batching
+from metazoo import atomic, batching
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
@@ -40,7 +40,7 @@ from metazoo.engine.run import (
     write_json,
 )
 from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
-from metazoo.errors import CheckpointError, TrainingError
+from metazoo.errors import CheckpointError, MetazooError, TrainingError
 from metazoo.models.pretrained import FILE as PRETRAINED
 from metazoo.tasks import TaskSource
 
@@ -115,6 +115,11 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     with lock.claim(run_dir, "train") as claimed:
         try:
             return _train(cfg, run_dir, resume, claimed)
+        except MetazooError as e:  # a run that started says in its folder why it stopped
+            if claimed.started:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+                atomic.write_text(run_dir / ERROR, f"{stamp}: {e}\n")
+            raise
         except KeyboardInterrupt as e:
             if isinstance(e, Interrupted) and e.message:
                 raise
@@ -151,6 +156,11 @@ def _diverged(run_dir: Path, step: int, what: str) -> str:
         kept = "no checkpoint was written"
     return (f"training diverged at step {step}: {what}; {kept}; lower train.outer_lr or set "
             "train.grad_clip, then start a new run")
+
+
+ERROR = "error.txt"
+"""Written when a started run stops on an error (divergence, a data fault mid-run): when and
+why, so a folder without `results.json` explains itself."""
 
 
 def _remove_debris(run_dir: Path) -> None:
@@ -212,6 +222,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
     # The run starts: from here on it changes the folder.
     claimed.started = True
     _remove_debris(run_dir)
+    (run_dir / ERROR).unlink(missing_ok=True)  # of an earlier attempt that stopped
     if resume:
         if changed:
             record_resume(run_dir, start_step, changed)
