@@ -72,7 +72,9 @@ def test_train_eval_predict_on_a_miniimagenet_layout(tmp_path, capsys):
         query.mkdir(exist_ok=True)
         (query / f"{wnid}.jpg").write_bytes((images / f"{wnid}00000002.jpg").read_bytes())
     assert main(["predict", str(run), "--support", str(support), "--query", str(query)]) == 0
-    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header == "file\tclass\tprobability"
+    rows = [line.split("\t") for line in lines]
     right = sum(Path(path).stem == label for path, label, _ in rows)
     assert len(rows) == 5 and right >= 4
 
