@@ -120,3 +120,15 @@ def unadapted_and_adapted_mse(model: Algorithm, batch: TaskBatch) -> tuple[float
         pre = ((torch.vmap(model)(batch.query_x) - batch.query_y) ** 2).mean()
         post = model.predict(batch.support_x, batch.support_y, batch.query_x)
     return float(pre), float(((post - batch.query_y) ** 2).mean())
+
+
+def float64_vector_batch(tasks=3, ways=3, shots=2, queries=3, dim=4, seed=0) -> TaskBatch:
+    """Float64 classification tasks on `dim`-dimensional inputs: class means plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    dt = torch.float64
+    means = torch.randn(tasks, ways, 1, dim, generator=g, dtype=dt) * 2
+    xs = (means + torch.randn(tasks, ways, shots, dim, generator=g, dtype=dt)).flatten(1, 2)
+    xq = (means + torch.randn(tasks, ways, queries, dim, generator=g, dtype=dt)).flatten(1, 2)
+    labels = [torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
+              for n in (shots, queries)]
+    return TaskBatch(xs, labels[0], xq, labels[1], ways, shots, queries)

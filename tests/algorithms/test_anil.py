@@ -10,21 +10,10 @@ from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
-from metazoo.tasks import TaskBatch
-from tests.algorithms.learning import assert_strategy_equals_loop
+from tests.algorithms.learning import assert_strategy_equals_loop, float64_vector_batch
 
 DT = torch.float64
 
-
-def _vector_batch(tasks=3, ways=3, shots=2, queries=3, dim=4, seed=0):
-    """Classification tasks on `dim`-dimensional inputs: class means plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(tasks, ways, 1, dim, generator=g, dtype=DT) * 2
-    xs = (means + torch.randn(tasks, ways, shots, dim, generator=g, dtype=DT)).flatten(1, 2)
-    xq = (means + torch.randn(tasks, ways, queries, dim, generator=g, dtype=DT)).flatten(1, 2)
-    labels = [torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
-              for n in (shots, queries)]
-    return TaskBatch(xs, labels[0], xq, labels[1], ways, shots, queries)
 
 
 def _hand_unrolled(model, batch, steps, lr, first_order):
@@ -54,7 +43,7 @@ def test_meta_gradient_equals_hand_unrolled(first_order, strategy):
     torch.manual_seed(0)
     model = build("anil", MLP((4,), (6, 5)), ways=3, inner_lr=0.5, inner_steps=3,
                   first_order=first_order).to(DT)
-    batch = _vector_batch()
+    batch = float64_vector_batch()
     model.zero_grad(set_to_none=True)
     batching.meta_loss(model, batch, strategy)[0].backward()
     ref = _hand_unrolled(model, batch, 3, 0.5, first_order)
@@ -133,4 +122,4 @@ def test_first_step_strategy_equals_the_loop():
     """The batched first step adapts the head only, as the loop does."""
     torch.manual_seed(0)
     model = build("anil", MLP((4,), (6,)), ways=3, inner_steps=2).to(DT)
-    assert_strategy_equals_loop(model, _vector_batch(), "first_step")
+    assert_strategy_equals_loop(model, float64_vector_batch(), "first_step")

@@ -12,21 +12,11 @@ from metazoo.errors import ConfigError
 from metazoo.functional import params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
-from metazoo.tasks import TaskBatch
+from tests.algorithms.learning import float64_vector_batch
 
 DT = torch.float64
 SMALL = {"label_dim": 3, "mlp_hidden": 4}  # g, h: 5 -> 4 -> 3 (+1)
 
-
-def _vector_batch(tasks=3, ways=3, shots=2, queries=3, dim=4, seed=0):
-    """Classification tasks on `dim`-dimensional inputs: class means plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(tasks, ways, 1, dim, generator=g, dtype=DT) * 2
-    xs = (means + torch.randn(tasks, ways, shots, dim, generator=g, dtype=DT)).flatten(1, 2)
-    xq = (means + torch.randn(tasks, ways, queries, dim, generator=g, dtype=DT)).flatten(1, 2)
-    labels = [torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
-              for n in (shots, queries)]
-    return TaskBatch(xs, labels[0], xq, labels[1], ways, shots, queries)
 
 
 def _body(p, x):  # the MLP backbone 4 -> 6 -> 5 by hand
@@ -47,7 +37,7 @@ def _named(model):
 def test_generated_softmax_equals_hand_computation(ways):
     torch.manual_seed(0)
     model = build("leopard", MLP((4,), (6, 5)), ways=3, **SMALL).to(DT)
-    batch = _vector_batch(ways=ways, shots=3)
+    batch = float64_vector_batch(ways=ways, shots=3)
     sx, sy = batch.support_x[0], batch.support_y[0]
     p = _named(model)
     out = _mlp(p["g.0.weight"], p["g.0.bias"], p["g.1.weight"], p["g.1.bias"], _body(p, sx))
@@ -95,7 +85,7 @@ def test_meta_gradient_and_rate_gradients_equal_hand_computation(clip, strategy)
         for p in model.parameters():
             p.normal_(0, 0.5)
         model.inner_lrs.copy_(torch.tensor([0.3, 0.5, 0.7, 0.9]))  # one per layer of Phi
-    batch = _vector_batch()
+    batch = float64_vector_batch()
     model.zero_grad(set_to_none=True)
     batching.meta_loss(model, batch, strategy)[0].backward()
     ref = _hand_meta_gradient(model, batch, 2, clip)
@@ -148,7 +138,11 @@ def test_backbone_blocks_and_too_many_adapted_blocks():
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    from tests.algorithms.learning import glyph_episodes, meta_train, query_accuracy
+    from tests.algorithms.learning import (
+        glyph_episodes,
+        meta_train,
+        query_accuracy,
+    )
 
     torch.manual_seed(0)
     model = build("leopard", Conv4((1, 28, 28), hidden=16), ways=5, inner_lr=0.1,

@@ -10,20 +10,10 @@ from metazoo.errors import ConfigError
 from metazoo.functional import params_of
 from metazoo.models.conv4 import Conv4
 from metazoo.models.mlp import MLP
-from metazoo.tasks import TaskBatch
+from tests.algorithms.learning import float64_vector_batch
 
 DT = torch.float64
 
-
-def _vector_batch(tasks=3, ways=3, shots=2, queries=3, dim=4, seed=0):
-    """Classification tasks on `dim`-dimensional inputs: class means plus noise."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.randn(tasks, ways, 1, dim, generator=g, dtype=DT) * 2
-    xs = (means + torch.randn(tasks, ways, shots, dim, generator=g, dtype=DT)).flatten(1, 2)
-    xq = (means + torch.randn(tasks, ways, queries, dim, generator=g, dtype=DT)).flatten(1, 2)
-    labels = [torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
-              for n in (shots, queries)]
-    return TaskBatch(xs, labels[0], xq, labels[1], ways, shots, queries)
 
 
 @pytest.mark.parametrize("bn_mode", ["transductive", "non_transductive"])
@@ -37,7 +27,7 @@ def test_zero_steps_equal_protonet_up_to_a_per_query_constant(bn_mode):
                  bn_mode=bn_mode).to(DT)
     proto = build("protonet", MLP((4,), (6, 5)), ways=3).to(DT)
     proto.load_state_dict(ours.state_dict())
-    batch = _vector_batch()
+    batch = float64_vector_batch()
     ours.eval()
     with torch.no_grad():
         a = ours.predict(batch.support_x, batch.support_y, batch.query_x)
@@ -85,7 +75,7 @@ def test_meta_gradient_equals_hand_unrolled(first_order, strategy):
     torch.manual_seed(0)
     model = build("proto_maml", MLP((4,), (6, 5)), ways=3, inner_lr=0.3, inner_steps=2,
                   first_order=first_order).to(DT)
-    batch = _vector_batch()
+    batch = float64_vector_batch()
     model.zero_grad(set_to_none=True)
     batching.meta_loss(model, batch, strategy)[0].backward()
     ref = _hand_unrolled(model, batch, 2, 0.3, first_order)
@@ -98,7 +88,7 @@ def test_first_order_gradient_flows_through_the_prototype_head():
     """The first-order meta-gradient includes the path through W_0(theta), b_0(theta)."""
     torch.manual_seed(0)
     model = build("proto_maml", MLP((4,), (6, 5)), ways=3, inner_steps=1).to(DT)
-    batch = _vector_batch(tasks=1)
+    batch = float64_vector_batch(tasks=1)
     model.meta_loss(batch)[0].backward()
     ref = _hand_unrolled(model, batch, 1, 0.01, True)
     cut = _hand_unrolled(model, batch, 1, 0.01, True, detach_head=True)
@@ -131,7 +121,11 @@ def test_serves_other_ways_than_built_for():
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    from tests.algorithms.learning import glyph_episodes, meta_train, query_accuracy
+    from tests.algorithms.learning import (
+        glyph_episodes,
+        meta_train,
+        query_accuracy,
+    )
 
     torch.manual_seed(0)
     model = build("proto_maml", Conv4((1, 28, 28), hidden=16), ways=5, inner_lr=0.05,
