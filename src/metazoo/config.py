@@ -65,6 +65,9 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the meta-gradient's global norm
     log_every: int = 50  # steps between CSV rows of training metrics
     time_limit_min: float | None = None  # stop (checkpoint, validate, test) after this long
+    time_clock: Literal["wall", "cpu"] = "wall"  # what time_limit_min counts: wall-clock time,
+    # or this process's CPU time (all its threads: one core's time under OMP_NUM_THREADS=1,
+    # the same budget however loaded the machine is)
     checkpoint_every: int = 500  # steps between checkpoints (also written at each validation)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed

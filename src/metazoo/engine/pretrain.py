@@ -51,7 +51,7 @@ from metazoo.engine.run import (
     task_source,
     write_json,
 )
-from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
+from metazoo.engine.stopping import Interrupted, deadline, signal_name, stop_after_step
 from metazoo.errors import CheckpointError, ConfigError, TrainingError
 from metazoo.models import pretrained
 from metazoo.tasks.augment import augment, normalize
@@ -184,6 +184,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, claimed: lock.Claim) -> dict[str, A
     sums: dict[str, float] = defaultdict(float)
     count, done, stopped = 0, 0, ""
     start = window = time.perf_counter()
+    out_of_time = deadline(t.time_limit_min, t.time_clock)
     bar = tqdm(range(total), disable=not t.progress, desc="pretrain", unit="step",
                dynamic_ncols=True)
     try:
@@ -206,7 +207,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, claimed: lock.Claim) -> dict[str, A
                 sums["loss"] += float(loss.detach())
                 sums["acc"] += float((logits.detach().argmax(-1) == y).float().mean())
                 count, done = count + 1, step + 1
-                if t.time_limit_min and time.perf_counter() - start > 60 * t.time_limit_min:
+                if out_of_time():
                     stopped = f"train.time_limit_min={t.time_limit_min} reached"
                 elif stop.signum:
                     stopped = f"{signal_name(stop.signum)}"

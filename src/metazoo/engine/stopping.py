@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -67,3 +68,13 @@ def stop_after_step() -> Iterator[StopRequest]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def deadline(minutes: float | None, clock: str = "wall") -> Callable[[], bool]:
+    """A function that says whether `minutes` have passed since this call, on the wall clock
+    (`"wall"`) or in this process's CPU time (`"cpu"`: all its threads); never with None."""
+    if not minutes:
+        return lambda: False
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    end = now() + 60 * minutes
+    return lambda: now() > end

@@ -39,7 +39,7 @@ from metazoo.engine.run import (
     task_source,
     write_json,
 )
-from metazoo.engine.stopping import Interrupted, signal_name, stop_after_step
+from metazoo.engine.stopping import Interrupted, deadline, signal_name, stop_after_step
 from metazoo.errors import CheckpointError, MetazooError, TrainingError
 from metazoo.models.pretrained import FILE as PRETRAINED
 from metazoo.tasks import TaskSource
@@ -253,7 +253,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
     bar = tqdm(range(start_step, t.meta_steps), initial=start_step, total=t.meta_steps,
                disable=not drawn, desc="meta-train", unit="step", dynamic_ncols=True)
     alg.train()
-    started = time.perf_counter()
+    out_of_time_now = deadline(t.time_limit_min, t.time_clock)
     try:
         with stop_after_step() as stop:
             for step in bar:
@@ -277,8 +277,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                     sums[k] += float(v.detach())
                 window_steps += 1
                 done = step + 1
-                out_of_time = bool(t.time_limit_min) and (
-                    time.perf_counter() - started > 60 * (t.time_limit_min or 0))
+                out_of_time = out_of_time_now()
                 last = done == t.meta_steps or out_of_time
                 if done % t.log_every == 0 or last:
                     secs = time.perf_counter() - window_start
