@@ -75,3 +75,23 @@ def test_what_the_offset_protocol_refuses(capsys, tmp_path, synthetic_data):
                              "data.queries=0"], "data.queries must be >= 1")
     with pytest.raises(ConfigError, match="shuffled"):
         load_config(overrides=[*STREAM, "data.order=class_major"]).validate()
+
+
+def test_an_offset_label_run_validates_on_streams_by_binding(tmp_path, synthetic_data):
+    """The validation score of a stream run is the accuracy of the 2nd and later presentations
+    on fixed validation streams of `data.shots` presentations, not the N-way K-shot query score."""
+    from metazoo.engine.log import read
+    from metazoo.engine.offset_eval import presentation_table, stream_source, validate_stream
+
+    run = tmp_path / "mann"
+    assert main(["train", "--out", str(run), "--set", *STREAM, "eval.every=3",
+                 "eval.val_episodes=5"]) == 0
+    val = [r for r in read(run / "metrics.csv") if r["split"] == "val"]
+    cfg, alg = load_run(run)  # the best weights: those the only validation scored
+    source = stream_source(cfg, "val")
+    assert (source.shots, source.queries, source.order) == (4, 0, "shuffled")
+    table = presentation_table(alg, source, episodes=5)
+    assert table.shape == (5, 4)
+    expected = float(table[:, 1:].mean(1).mean())
+    assert float(val[0]["acc"]) == pytest.approx(expected, abs=1e-6)
+    assert validate_stream(alg, source, episodes=5).mean == pytest.approx(expected, abs=1e-6)

@@ -22,7 +22,8 @@ from typing import Any, cast
 import torch
 
 from metazoo.algorithms.base import Algorithm
-from metazoo.engine.evaluate import episode_batches
+from metazoo.config import RunConfig
+from metazoo.engine.evaluate import EvalResult, episode_batches
 from metazoo.engine.run import load_run, resolve_device, task_source, write_json
 from metazoo.errors import ConfigError
 from metazoo.metrics import mean_and_ci95
@@ -71,17 +72,15 @@ def stream_of(algorithm: Algorithm) -> Callable[..., torch.Tensor]:
     return cast("Callable[..., torch.Tensor]", stream)
 
 
-def evaluate_offset(algorithm: Algorithm, source: TaskSource, *, episodes: int,
-                    batch_size: int = 16, split: str = "test",
-                    device: torch.device | str = "cpu") -> PresentationResult:
-    """Accuracy by presentation number of `algorithm.stream_logits` on episodes
-    `0..episodes-1` of `source` (shuffled N-way episodes of M shots; queries are ignored)."""
+def presentation_table(algorithm: Algorithm, source: TaskSource, *, episodes: int,
+                       batch_size: int = 16, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`[episodes, M]`: each episode's accuracy on the k-th presentation of its classes, of
+    `algorithm.stream_logits` on episodes `0..episodes-1` of `source` (shuffled N-way episodes of
+    M shots; queries are ignored)."""
     stream = stream_of(algorithm)
-    m = source.shots
     was_training = algorithm.training
     algorithm.eval()
     per_episode = []
-    start = time.perf_counter()
     try:
         with torch.no_grad():
             for batch in episode_batches(source, episodes, batch_size):
@@ -94,13 +93,43 @@ def evaluate_offset(algorithm: Algorithm, source: TaskSource, *, episodes: int,
                                                                     strict=True)])
                 right = logits.argmax(-1) == b.support_y  # [B, T]
                 per_episode.append(accuracy_by_presentation(
-                    right, presentation_numbers(b.support_y), m).cpu())
+                    right, presentation_numbers(b.support_y), source.shots).cpu())
     finally:
         algorithm.train(was_training)
-    table = torch.cat(per_episode)  # [E, M]
-    stats = [mean_and_ci95(table[:, k]) for k in range(m)]
+    return torch.cat(per_episode)
+
+
+def evaluate_offset(algorithm: Algorithm, source: TaskSource, *, episodes: int,
+                    batch_size: int = 16, split: str = "test",
+                    device: torch.device | str = "cpu") -> PresentationResult:
+    """Accuracy by presentation number (mean ± 95% CI over episodes), `presentation_table`."""
+    start = time.perf_counter()
+    table = presentation_table(algorithm, source, episodes=episodes, batch_size=batch_size,
+                               device=device)
+    stats = [mean_and_ci95(table[:, k]) for k in range(source.shots)]
     return PresentationResult([s[0] for s in stats], [s[1] for s in stats], episodes,
-                              source.ways, m, split, time.perf_counter() - start)
+                              source.ways, source.shots, split, time.perf_counter() - start)
+
+
+def stream_source(cfg: RunConfig, split: str) -> TaskSource:
+    """Fixed shuffled streams of `eval.ways` classes x `data.shots` presentations of `split`:
+    what an offset-label run validates on."""
+    ev = replace(cfg.eval, shots=cfg.data.shots, queries=0)
+    return task_source(replace(cfg, eval=ev, data=replace(cfg.data, order="shuffled")), split,
+                       training=False)
+
+
+def validate_stream(algorithm: Algorithm, source: TaskSource, *, episodes: int,
+                    batch_size: int = 16, split: str = "val",
+                    device: torch.device | str = "cpu") -> EvalResult:
+    """An offset-label run's validation score: accuracy on the 2nd and later presentations
+    (the binding Table 1 measures; a 1st presentation is a guess), mean over episodes ± CI."""
+    start = time.perf_counter()
+    table = presentation_table(algorithm, source, episodes=episodes, batch_size=batch_size,
+                               device=device)
+    mean, ci = mean_and_ci95(table[:, 1:].mean(1))
+    return EvalResult("accuracy", mean, ci, episodes, source.ways, source.shots, 0, split,
+                      time.perf_counter() - start)
 
 
 def evaluate_offset_run(run_dir: str | Path, *, episodes: int | None = None,

@@ -26,6 +26,7 @@ from metazoo.config import RunConfig, TrainConfig
 from metazoo.engine import checkpoint, lock
 from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
+from metazoo.engine.offset_eval import stream_source, validate_stream
 from metazoo.engine.resume import RESUMES, SavedRun, identity, normal
 from metazoo.engine.resume import record as record_resume
 from metazoo.engine.run import (
@@ -214,8 +215,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
     if start_step:  # LambdaLR with last_epoch >= 0 needs initial_lr; recompute the current lr
         for group in opt.param_groups:
             group["lr"] = cfg.train.outer_lr * lr_factor(cfg.train, start_step)
-    val_src = (task_source(cfg, "val", training=False)
-               if cfg.eval.every and cfg.eval.val_episodes else None)
+    # an offset-label learner validates on streams, by the binding its training teaches
+    streams = getattr(alg, "presentation", None) == "offset_labels"
+    val_src = None if not (cfg.eval.every and cfg.eval.val_episodes) else (
+        stream_source(cfg, "val") if streams else task_source(cfg, "val", training=False))
     test_src = task_source(cfg, cfg.eval.split, training=False)  # its errors before training
     t = cfg.train
 
@@ -295,8 +298,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                         window_start, window_steps = time.perf_counter(), 0
                 checkpointed = True
                 if val_src is not None and (done % cfg.eval.every == 0 or last):
-                    result = evaluate(alg, val_src, episodes=cfg.eval.val_episodes,
-                                      batch_size=cfg.eval.batch_size, split="val", device=device)
+                    result = (validate_stream if streams else evaluate)(
+                        alg, val_src, episodes=cfg.eval.val_episodes,
+                        batch_size=cfg.eval.batch_size, split="val", device=device)
                     log.write(done, "val", seconds=result.seconds, ci95=result.ci95,
                               **{"acc" if result.metric == "accuracy" else "mse": result.mean})
                     if _better(result, best):
