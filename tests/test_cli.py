@@ -186,3 +186,22 @@ def test_piped_training_prints_a_line_per_logged_window_and_no_bar(capsys, synth
     captured = capsys.readouterr()
     assert "step 2/4: loss" in captured.out and "episodes/s" in captured.out
     assert "\r" not in captured.err and "meta-train" not in captured.err
+
+
+def test_quiet_prints_only_the_result_and_verbose_adds_details(capsys, tmp_path, synthetic_data):
+    settings = [s for s in FAST if not s.startswith("train.progress")] + ["train.log_every=2"]
+    assert main(["train", "--quiet", "--out", str(tmp_path / "q"), "--set", *settings]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert len(quiet) == 2 and quiet[0].startswith("test accuracy ")
+    assert quiet[1] == f"run folder: {tmp_path / 'q'}"
+    assert main(["train", "-v", "--out", str(tmp_path / "v"), "--set", *settings]) == 0
+    verbose = capsys.readouterr().out
+    assert "step 2/4: loss" in verbose and "tasks run as" in verbose
+    assert "checkpoint at step 4" in verbose
+    assert verbose.splitlines()[-2].split(" (")[0] == quiet[0].split(" (")[0]  # the same test
+    assert main(["train", "--out", str(tmp_path / "n"), "--set", *settings]) == 0
+    normal = capsys.readouterr().out  # the level resets with each command
+    assert "step 2/4: loss" in normal and "tasks run as" not in normal
+    with pytest.raises(SystemExit):
+        main(["train", "-q", "-v"])  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from metazoo import output
 from metazoo.allocator import tune_allocator
 from metazoo.errors import ConfigError, MetazooError
 
@@ -300,7 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves (and adaptation plots) as PNG")
     pl.add_argument("run_dir")
     pl.set_defaults(func=_cmd_plot)
+    for name, command in [*sub.choices.items(), *da_sub.choices.items()]:
+        if name != "data":  # `data` itself: its subcommands take the flags
+            _verbosity_arguments(command)
     return p
+
+
+def _verbosity_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print results and warnings only (no progress)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="also print details (device, strategy, checkpoints)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             args.set = [*args.set, "plugins=[{}]".format(", ".join(args.plugin))]
         if args.data_root:
             args.set = [*args.set, f"data.root={args.data_root}"]
+    output.configure(int(getattr(args, "verbose", False)) - int(getattr(args, "quiet", False)))
     tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM (`kill`, schedulers) stops a command as Ctrl-C does: with a message, not silently

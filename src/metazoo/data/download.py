@@ -28,6 +28,8 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from metazoo.errors import ChecksumError, DataError
 
 CHUNK = 1 << 20  # bytes read per network call
@@ -60,9 +62,16 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
     with response:
         resumed = offset > 0 and response.status == 206 and \
             response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-        with open(part, "ab" if resumed else "wb") as f:  # no resume support: start over
+        length = response.headers.get("Content-Length")
+        total = (int(length) + (offset if resumed else 0)) if length else None
+        # a bar of bytes on a terminal only (tqdm's disable=None), resumed from the part file
+        with open(part, "ab" if resumed else "wb") as f, \
+                tqdm(total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
+                     desc=f"download {part.name[:-len('.part')]}", disable=None,
+                     leave=False) as bar:  # no resume support: start over
             for block in iter(lambda: response.read(CHUNK), b""):
                 f.write(block)
+                bar.update(len(block))
 
 
 def download(url: str, dest: str | os.PathLike[str], *, md5: str | None = None,

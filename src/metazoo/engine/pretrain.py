@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from metazoo import algorithms, models
+from metazoo import algorithms, models, output
 from metazoo.algorithms.baseline import head_logits, init_head
 from metazoo.allocator import tune_allocator
 from metazoo.config import PretrainConfig, RunConfig
@@ -185,7 +185,8 @@ def _pretrain(cfg: RunConfig, run_dir: Path, claimed: lock.Claim) -> dict[str, A
     count, done, stopped = 0, 0, ""
     start = window = time.perf_counter()
     out_of_time = deadline(t.time_limit_min, t.time_clock)
-    bar = tqdm(range(total), disable=not t.progress, desc="pretrain", unit="step",
+    bar = tqdm(range(total), disable=None if t.progress and output.progress_on() else True,
+               desc="pretrain", unit="step",
                dynamic_ncols=True)
     try:
         with stop_after_step() as stop:
@@ -230,8 +231,9 @@ def _pretrain(cfg: RunConfig, run_dir: Path, claimed: lock.Claim) -> dict[str, A
             "classes": ds.num_classes, "images": len(ds), "seconds": time.perf_counter() - start,
             "stopped": stopped or None, "dataset": d.name, "model": cfg.model.name,
             "head": p.head, "device": str(device)}
-        print(f"train split accuracy {train_acc:.4f} ({len(ds)} images of {ds.num_classes} "
-              f"classes, after {done} steps); weights: {run_dir / WEIGHTS}", flush=True)
+        output.result(f"train split accuracy {train_acc:.4f} ({len(ds)} images of "
+                      f"{ds.num_classes} classes, after {done} steps); weights: "
+                      f"{run_dir / WEIGHTS}")
         if val_src is not None:
             net.backbone.pretrained_mean = mean  # SimpleShot's CL2N centring
             probe = algorithms.build("simpleshot", net.backbone, ways=cfg.eval.ways).to(device)
@@ -239,7 +241,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, claimed: lock.Claim) -> dict[str, A
                            batch_size=cfg.eval.batch_size, split="val", device=device)
             log.write(done, "val", seconds=val.seconds, ci95=val.ci95, acc=val.mean)
             results["val"] = {**val.to_json(), "method": "simpleshot (CL2N nearest centroid)"}
-            print(val.line(), flush=True)
+            output.result(val.line())
         write_json(run_dir / RESULTS, results)
     finally:
         bar.close()

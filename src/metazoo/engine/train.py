@@ -8,7 +8,6 @@ training task source, a pure function of (seed, split, s), so `--resume` from a 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from metazoo import atomic, batching
+from metazoo import atomic, batching, output
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
@@ -89,16 +88,6 @@ def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
     tensors = checkpoint.model_tensors(alg.state_dict())
     checkpoint.save(path, tensors, {"step": step, "val": result.to_json(),
                                     "input_shape": list(shape)})
-
-
-def _say(line: str) -> None:
-    """Print to stdout; a reader that went away (`| head -1`) does not stop the run."""
-    try:
-        print(line, flush=True)
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # later prints and the exit flush go nowhere
-        os.close(devnull)
 
 
 def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -248,14 +237,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                        "seconds": time.perf_counter() - window_start}
         _save_state(run_dir / CHECKPOINT, alg, opt, step, best, shape,
                     {**ident, "log_window": open_window})
+        output.debug(f"checkpoint at step {step}: {run_dir / CHECKPOINT}")
 
     if state is not None and RNG in state[0]:
         torch.set_rng_state(state[0][RNG])
     # the bar on a terminal; piped or redirected, a plain line per logged window instead
-    drawn = t.progress and sys.stderr.isatty()
+    drawn = t.progress and sys.stderr.isatty() and output.progress_on()
     bar = tqdm(range(start_step, t.meta_steps), initial=start_step, total=t.meta_steps,
                disable=not drawn, desc="meta-train", unit="step", dynamic_ncols=True)
     alg.train()
+    output.debug(f"{cfg.algorithm.name} on {cfg.data.name}: steps {start_step}..{t.meta_steps} "
+                 f"of {t.meta_batch_size} tasks, device {device}, tasks run as "
+                 f"'{batching.choose(alg)}', {torch.get_num_threads()} threads, into {run_dir}")
     out_of_time_now = deadline(t.time_limit_min, t.time_clock)
     try:
         with stop_after_step() as stop:
@@ -291,7 +284,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()},
                                      "eps/s": f"{eps:.1f}"})
                     if t.progress and not drawn:
-                        _say(f"step {done}/{t.meta_steps}: " + ", ".join(
+                        output.info(f"step {done}/{t.meta_steps}: " + ", ".join(
                             f"{k} {v:.4f}" for k, v in means.items()) + f", {eps:.1f} episodes/s")
                     if done % t.log_every == 0:  # a last, partial window stays open
                         sums.clear()
@@ -311,7 +304,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                     if drawn:
                         bar.write(line)  # above the bar, which redraws below it
                     else:
-                        _say(line)
+                        output.info(line)
                     save(done)
                 elif done % t.checkpoint_every == 0 or last:
                     save(done)
@@ -325,7 +318,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                         f"saved in '{run_dir}'; continue with metazoo train --out {run_dir} "
                         "--resume"))
                 if out_of_time:
-                    _say(f"train.time_limit_min={t.time_limit_min} reached after {done} steps")
+                    output.info(f"train.time_limit_min={t.time_limit_min} ({t.time_clock} "
+                                f"clock) reached after {done} steps")
                     break
     finally:
         bar.close()
@@ -345,9 +339,10 @@ def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm, device: torc
         weights = "best"
     src = src or task_source(cfg, cfg.eval.split, training=False)
     result = evaluate(alg, src, episodes=cfg.eval.episodes, batch_size=cfg.eval.batch_size,
-                      split=cfg.eval.split, device=device, progress=cfg.train.progress)
+                      split=cfg.eval.split, device=device,
+                      progress=cfg.train.progress and output.progress_on())
     out = {**result.to_json(), "weights": weights, "algorithm": cfg.algorithm.name,
            "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg), "device": str(device)}
     write_json(run_dir / RESULTS, out)
-    _say(result.line())
+    output.result(result.line())
     return out
