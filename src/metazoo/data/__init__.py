@@ -50,10 +50,11 @@ def list_datasets() -> list[DatasetSpec]:
 
 def load_split(name: str, split: str, *, root: str | Path | None = None, download: bool = False,
                image_size: int = 28, seed: int = 0) -> ClassDataset:
-    """The examples of `split` of image dataset `name` as a `ClassDataset`."""
+    """The examples of `split` of dataset `name` (images or feature vectors) as a
+    `ClassDataset`."""
     spec = get_spec(name)
-    if spec.kind != "images" or spec.load is None:
-        raise ConfigError(f"dataset '{name}' is not an image dataset")
+    if spec.kind == "regression" or spec.load is None:
+        raise ConfigError(f"dataset '{name}' draws regression tasks; it has no examples to load")
     if split not in spec.splits:
         raise ConfigError(f"dataset '{name}' has no split '{split}'; choose one of "
                           f"{', '.join(spec.splits)}")

@@ -7,11 +7,13 @@ validation, checkpoints, logs, resume and evaluation as for a built-in dataset. 
 a module of yours and name it as a plugin (`--plugin my_module`), so that `metazoo eval` can
 rebuild the run (`metazoo.plugins`).
 
-An image is a PIL image, or a tensor / array `[C, H, W]` or `[H, W]`, uint8 (0-255) or float
-(0-1); every image is resized to the run's `data.image_size` (antialiased, as the folder
-dataset) and stored as uint8, grey when all images are, else RGB. Class names are
-`dataset.classes[label]` where the dataset has them, else the label. Splits hold disjoint
-classes (few-shot learning tests on classes it never trained on); a class in two splits is
+Feature vectors (1-D tensors, arrays or lists of numbers, one length for all) make a dataset of
+kind "features": stored as float32 `[M, D]` and fed to the backbone as they are (use `model.name:
+mlp`). Otherwise an item is an image: a PIL image, or a tensor / array `[C, H, W]` or `[H, W]`,
+uint8 (0-255) or float (0-1); every image is resized to the run's `data.image_size`
+(antialiased, as the folder dataset) and stored as uint8, grey when all images are, else RGB.
+Class names are `dataset.classes[label]` where the dataset has them, else the label. Splits hold
+disjoint classes (few-shot learning tests on classes it never trained on); a class in two splits is
 refused.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -52,16 +54,44 @@ def as_pil(image: Any, where: str) -> Image.Image:
     return Image.fromarray(array)
 
 
+def is_feature_vector(x: Any) -> bool:
+    """Whether an item's input is a feature vector (1-D) rather than an image."""
+    if isinstance(x, Image.Image):
+        return False
+    return (x.dim() if isinstance(x, torch.Tensor) else np.asarray(x).ndim) == 1
+
+
+def feature_rows(xs: Sequence[Any], name: str) -> list[np.ndarray]:
+    """Each 1-D input as a float32 vector; a one-line error for unequal lengths or non-numbers."""
+    rows: list[np.ndarray] = []
+    for i, x in enumerate(xs):
+        v = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if v.ndim != 1 or not np.issubdtype(v.dtype, np.number) or (rows and v.shape !=
+                                                                   rows[0].shape):
+            raise DataError(f"{name}[{i}]: feature vectors must be 1-D numbers of one length "
+                            f"({rows[0].shape[0] if rows else '?'}), got {v.dtype} "
+                            f"{tuple(v.shape)}")
+        if not np.isfinite(v).all():
+            raise DataError(f"{name}[{i}]: a feature vector holds NaN or infinity")
+        rows.append(v.astype(np.float32))
+    return rows
+
+
 def to_class_dataset(dataset: LabelledImages, image_size: int, name: str) -> ClassDataset:
-    """Every `(image, label)` of `dataset`, resized, as a `ClassDataset` sorted by class."""
+    """Every `(input, label)` of `dataset` as a `ClassDataset` sorted by class: images resized
+    to `image_size`, feature vectors as they are."""
     items = [dataset[i] for i in range(len(dataset))]
     if not items:
         raise DataError(f"{name} is empty")
-    images = [as_pil(img, f"{name}[{i}]") for i, (img, _) in enumerate(items)]
     labels = [int(label) for _, label in items]
-    grey = all(is_grayscale(img) for img in images)
-    rows = [to_gray(img, image_size)[None] if grey else to_rgb(img, image_size)
-            for img in images]
+    rows: Sequence[np.ndarray]
+    if is_feature_vector(items[0][0]):
+        rows = feature_rows([x for x, _ in items], name)
+    else:
+        images = [as_pil(img, f"{name}[{i}]") for i, (img, _) in enumerate(items)]
+        grey = all(is_grayscale(img) for img in images)
+        rows = [to_gray(img, image_size)[None] if grey else to_rgb(img, image_size)
+                for img in images]
     classes = sorted(set(labels))
     names = getattr(dataset, "classes", None)
     class_names = tuple(str(names[c]) if isinstance(names, Sequence) and c < len(names)
@@ -99,6 +129,9 @@ def register_torch_dataset(name: str, splits: Mapping[str, LabelledImages],
                             "and another split; few-shot splits hold disjoint classes")
         return loaded[split, image_size]
 
-    spec = DatasetSpec(name, load, "images", tuple(splits),
-                       description or "a torch Dataset registered in code", False)
+    train = splits["train"]
+    kind: Literal["images", "features"] = (
+        "features" if len(train) and is_feature_vector(train[0][0]) else "images")
+    spec = DatasetSpec(name, load, kind, tuple(splits),
+                       description or f"a torch Dataset of {kind} registered in code", False)
     return DATASETS.add(spec)
