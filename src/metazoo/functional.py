@@ -88,7 +88,8 @@ def call(module: nn.Module, params: Params, x: Tensor, **options: Any) -> Tensor
     the MLP, the linear-head network of the gradient family) and that has no forward hooks
     computes with the given tensors itself and receives `options`; any other goes through
     `torch.func.functional_call`, which swaps the tensors into the module for the length of
-    the call, and accepts no options (or only `None` ones).
+    the call, and accepts no options (or only `None` ones; `memory_format`, a speed hint, is
+    dropped).
 
     Args:
         module: any module; it is not modified.
@@ -98,7 +99,8 @@ def call(module: nn.Module, params: Params, x: Tensor, **options: Any) -> Tensor
     """
     if _has_forward_with(type(module)) and not has_forward_hooks(module):
         return module.forward_with(params, x, **options)  # type: ignore[operator]
-    given = sorted(k for k, v in options.items() if v is not None)
+    # a layout is a speed hint, which a module of another kind runs without
+    given = sorted(k for k, v in options.items() if v is not None and k != "memory_format")
     if given:
         raise ConfigError(f"{type(module).__name__} has no forward_with(params, x, *, "
                           f"{', '.join(given)}) (or it has forward hooks), so it cannot take "

@@ -213,3 +213,52 @@ def test_learns_glyphs_5way_1shot():
     train, test = glyph_episodes()
     meta_train(model, train, 150, 3e-3)
     assert query_accuracy(model, test) > 0.6
+
+
+class UserClassifier(torch.nn.Module):
+    """A user's whole classifier (features and its own last layer): no forward_with, so the
+    library runs it through torch.func.functional_call."""
+
+    def __init__(self, body: torch.nn.Module, ways: int) -> None:
+        super().__init__()
+        self.body, self.last = body, torch.nn.Linear(body.feature_dim, ways)
+        self.feature_dim = ways  # the logits are its output
+
+    def forward(self, x):
+        return self.last(self.body(x))
+
+
+@pytest.mark.parametrize("name", ["maml", "meta_sgd"])
+def test_a_users_classifier_adapts_as_backbone_plus_head(name):
+    """head=backbone on (body + the user's last layer) equals the default head on body, with
+    the same weights: the same meta-loss and meta-gradients."""
+    torch.manual_seed(0)
+    options = {"inner_lr_init": None} if name == "meta_sgd" else {}
+    ours = build(name, MLP((1, 16, 16), hidden=(6,)).to(DT), ways=3, inner_lr=0.3,
+                 inner_steps=2, **options).to(DT)
+    user = UserClassifier(MLP((1, 16, 16), hidden=(6,)), 3).to(DT)
+    user.body.load_state_dict(ours.backbone.state_dict())
+    user.last.load_state_dict(ours.head.state_dict())
+    theirs = build(name, user, ways=3, inner_lr=0.3, inner_steps=2, head="backbone",
+                   **options).to(DT)
+    assert theirs.head is None and not any(k.startswith("head.") for k, _ in
+                                           theirs.named_parameters())
+    batch = _image_batch()
+    ga, gb = _grads(ours, batch, "loop"), _grads(theirs, batch, "loop")
+    rename = {"backbone.body.": "backbone.", "backbone.last.": "head.",  # Meta-SGD's rates:
+              "backbone:body:": "backbone:", "backbone:last:": "head:"}
+    for k, g in gb.items():
+        for old, new in rename.items():
+            k = k.replace(old, new)
+        torch.testing.assert_close(g, ga[k])
+    assert len(ga) == len(gb)
+
+
+def test_a_users_classifier_must_give_the_ways_and_an_algorithm_that_allows_it():
+    from metazoo.errors import ConfigError
+
+    user = UserClassifier(MLP((1, 16, 16), hidden=(6,)), 3)
+    with pytest.raises(ConfigError, match="feature_dim must be the ways"):
+        build("maml", user, ways=5, head="backbone")
+    with pytest.raises(ConfigError, match="has no option 'head'"):
+        build("platipus", user, ways=3, head="backbone")  # it adds heads of its own

@@ -89,6 +89,7 @@ class BMAML(LinearHeadAlgorithm):
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
         stack_particles(self.backbone, self.config.particles)  # every weight now [M, ...]
+        assert self.head is not None  # always added here (own_head_allowed is False)
         stack_particles(self.head, self.config.particles)
 
     def outputs(self, params: Params, x: Tensor, support_x: Tensor | None = None) -> Tensor:

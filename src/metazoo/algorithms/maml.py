@@ -15,8 +15,9 @@ Settings: alpha 0.4, 1 step (5-way Omniglot), 0.01 and 1 step (sinusoid), Sec. 5
 
 Deviations: batch norm uses batch statistics only, as the paper's code ("transductive");
 `bn_mode="non_transductive"` normalises the query with the support's statistics instead.
-Evaluation may take more inner steps than training (`eval_inner_steps`; the reference code tests
-Omniglot with 3 steps for 5-way and 5 for 20-way).
+`head="backbone"` adapts a user's whole classifier (its own last layer) instead of backbone +
+a new linear head. Evaluation may take more inner steps than training (`eval_inner_steps`; the
+reference code tests Omniglot with 3 steps for 5-way and 5 for 20-way).
 Presets: maml-omniglot-5w1s, -5w5s, -20w1s, -20w5s, fomaml-omniglot-5w1s, maml-sinusoid.
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from metazoo.adaptation import first_order_now, support_loss
-from metazoo.algorithms.networks import InnerLoopAlgorithm, InnerLoopConfig
+from metazoo.algorithms.networks import Head, InnerLoopAlgorithm, InnerLoopConfig
 from metazoo.algorithms.registry import register
 from metazoo.inner_loop import sgd_steps
 from metazoo.types import Params
@@ -36,6 +37,8 @@ from metazoo.types import Params
 @dataclass(frozen=True)
 class MAMLConfig(InnerLoopConfig):
     """inner_lr (alpha), inner_steps, eval_inner_steps, first_order, bn_mode: see the base."""
+
+    head: Head = "linear"  # "backbone": a user's classifier as the whole network (its logits)
 
 
 @register("fomaml", display="FOMAML", family="gradient", config=MAMLConfig,
@@ -48,6 +51,7 @@ class MAML(InnerLoopAlgorithm):
     """MAML: meta-learn the initialisation that SGD on a support set adapts best."""
 
     config: MAMLConfig
+    own_head_allowed = True
 
     def inner_loop(self, params: Params, support_x: Tensor, support_y: Tensor, steps: int
                    ) -> Params:

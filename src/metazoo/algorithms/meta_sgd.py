@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from metazoo.adaptation import first_order_now, support_loss
 from metazoo.algorithms.base import AlgorithmConfig
-from metazoo.algorithms.networks import InnerLoopAlgorithm, InnerLoopConfig
+from metazoo.algorithms.networks import Head, InnerLoopAlgorithm, InnerLoopConfig
 from metazoo.algorithms.registry import register
 from metazoo.errors import ConfigError
 from metazoo.inner_loop import sgd_steps
@@ -38,6 +38,7 @@ class MetaSGDConfig(InnerLoopConfig):
     inner_lr_init: tuple[float, float] | None = (0.005, 0.1)
     # inner_lr (MAML's scalar alpha) is only used as alpha's start when inner_lr_init is None;
     # inner_steps = 1: the paper adapts in a single step (Sec. 3); first_order: FOMAML-style
+    head: Head = "linear"  # "backbone": a user's classifier as the whole network (its logits)
 
     def validate(self) -> None:
         super().validate()
@@ -57,6 +58,8 @@ def _key(name: str) -> str:
                 "arXiv:1707.09835, 2017", tasks={"classification", "regression"})
 class MetaSGD(InnerLoopAlgorithm):
     """Meta-SGD: meta-learn the initialisation theta and a per-entry step alpha (Eq. 1)."""
+
+    own_head_allowed = True
 
     config: MetaSGDConfig
 

@@ -7,7 +7,7 @@ Not an algorithm itself: public building blocks the algorithm files import.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,26 +23,49 @@ from metazoo.errors import ConfigError
 from metazoo.functional import call, params_of, strip_prefix
 from metazoo.types import Params, Predictor
 
+Head = Literal["linear", "backbone"]
+""""linear": the algorithm adds a linear head of `ways` outputs to the backbone; "backbone": the
+backbone's output is the logits (a user's whole classifier, its own head included)."""
+
 
 class LinearHeadAlgorithm(Algorithm):
     """An algorithm whose network is the backbone plus a linear head of `ways` outputs, run with
-    given parameters through `forward_with` (the gradient family: MAML, iMAML, Reptile...)."""
+    given parameters through `forward_with` (the gradient family: MAML, iMAML, Reptile...).
+
+    Where the config's `head` is "backbone" (algorithms with `own_head_allowed`, which adapt
+    every parameter alike), there is no added head: the backbone, whose `feature_dim` must be
+    `ways`, is the whole network."""
 
     fixed_ways = True
     adapts_with_gradients = True
+    own_head_allowed = False  # True where nothing reads `head.*` by name (MAML, Meta-SGD)
 
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
-        self.head = nn.Linear(int(backbone.feature_dim), ways)  # type: ignore[arg-type]
+        dim = int(backbone.feature_dim)  # type: ignore[arg-type]
+        self.head: nn.Linear | None = nn.Linear(dim, ways)
+        if getattr(config, "head", "linear") == "backbone":
+            name = self.spec.name
+            if not self.own_head_allowed:
+                raise ConfigError(f"{name} adapts a head of its own; algorithm.head=backbone "
+                                  "is for maml, fomaml and meta_sgd")
+            if dim != ways:
+                raise ConfigError(f"algorithm.head=backbone: the backbone's output is the "
+                                  f"logits, so its feature_dim must be the ways ({ways}), got "
+                                  f"{dim}")
+            self.head = None
 
     def forward(self, x: Tensor) -> Tensor:
         """The network at the meta-parameters: `[M, *x]` -> `[M, ways]`."""
-        return self.head(self.backbone(x))
+        features = self.backbone(x)
+        return features if self.head is None else self.head(features)
 
     def forward_with(self, params: Params, x: Tensor, **options: Any) -> Tensor:
         """`forward` with `params` in place of the parameters they name; `options` (batch-norm
         rows, layout, extension points) go to the backbone (see `metazoo.functional.call`)."""
         features = call(self.backbone, strip_prefix(params, "backbone."), x, **options)
+        if self.head is None:
+            return features
         return F.linear(features, params.get("head.weight", self.head.weight),
                         params.get("head.bias", self.head.bias))
 
