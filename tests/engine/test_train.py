@@ -111,3 +111,16 @@ def test_time_limit_stops_early_and_still_tests(tmp_path, synthetic_data):
     out = train(_cfg("train.meta_steps=100000", "train.time_limit_min=0.00001"), tmp_path)
     _, meta = checkpoint.load(tmp_path / "checkpoint.safetensors")
     assert meta["step"] == 1 and out["episodes"] == 20
+
+
+def test_a_timed_run_resumes_with_a_budget_of_its_own(tmp_path, synthetic_data):
+    """The time budget does not change what a step computes: a resume may set another one
+    (`engine.resume.PLACE`), and the run continues from where the first budget ended."""
+    from metazoo.engine.resume import SavedRun
+
+    train(_cfg("train.meta_steps=6", "train.time_limit_min=0.00001"), tmp_path)
+    assert checkpoint.read_meta(tmp_path / "checkpoint.safetensors")["step"] == 1
+    cfg = SavedRun(tmp_path, tensors=False).config_with(["train.time_limit_min=60",
+                                                         "train.time_clock=cpu"])
+    train(cfg, tmp_path, resume=True)
+    assert checkpoint.read_meta(tmp_path / "checkpoint.safetensors")["step"] == 6

@@ -28,7 +28,8 @@ from metazoo.errors import CheckpointError, ConfigError
 
 RESUMES = "resumes.json"
 # where the data lives and how the run reports: no effect on what it computes
-PLACE = ("data.root", "data.download", "train.device", "train.progress", "train.tensorboard")
+PLACE = ("data.root", "data.download", "train.device", "train.progress", "train.tensorboard",
+         "train.time_limit_min", "train.time_clock")  # each start gets its own time budget
 RESUMABLE = "train.meta_steps, eval.* and " + ", ".join(PLACE)
 
 
