@@ -202,6 +202,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from metazoo.graph.config import load_attack_config
+    from metazoo.graph.run import run_attack
+
+    out = Path(args.out or f"runs/{args.preset or 'attack'}")
+    print("\n".join(run_attack(load_attack_config(args.preset, args.config, args.set), out)))
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from metazoo.plots import plot_run
 
@@ -297,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="invert grey levels (auto: when the run saw ink-high images and these "
                          "have light backgrounds)")
     pr.set_defaults(func=_cmd_predict)
+
+    at = sub.add_parser("attack", help="Metattack: poison a graph by meta-gradient edge flips, "
+                                       "score GCNs retrained on it")
+    at.add_argument("--preset", help="an attack preset: metattack-csbm, metattack-karate, ...")
+    at.add_argument("--config", help="a YAML config file, layered over the preset")
+    at.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config values, e.g. attack.budget=0.1 data.root=DIR")
+    at.add_argument("--out", help="results folder (default runs/<preset or attack>)")
+    at.set_defaults(func=_cmd_attack)
 
     pl = sub.add_parser("plot", help="learning curves (and adaptation plots) as PNG")
     pl.add_argument("run_dir")
