@@ -125,11 +125,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise MetazooError(f"--resume takes the config from '{out}/config.json': drop "
                                f"{given} (and name the folder with --out)")
         check_overrides(args.set, out)
-        cfg = SavedRun(out, tensors=False).config_with(args.set)
+        cfg, origin = SavedRun(out, tensors=False).config_with(args.set), None
     else:
+        from metazoo.engine.provenance import origin as run_origin
+
         cfg = load_config(args.preset, args.config, args.set)
-    train(cfg, out, resume=args.resume)
+        origin = run_origin(args.preset, args.config, args.set)  # provenance.json: paper, commit
+    train(cfg, out, resume=args.resume, origin=origin)
     print(f"run folder: {out}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from metazoo.tune import tune
+
+    out = Path(args.out or f"runs/tune-{args.preset or 'default'}")
+    tune(args.preset, args.config, args.set, space=args.space, trials=args.trials, out=out,
+         storage=args.storage, study_name=args.study, pruner=args.pruner)
     return 0
 
 
@@ -219,6 +231,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from metazoo import report, report_table
+
+    rows = report.rows(args.run_dirs)
+    print(report_table.csv_text(rows) if args.csv else report_table.markdown(rows),
+          end="" if args.csv else "\n")
+    if args.plot:
+        from metazoo.report_plot import plot
+
+        print(f"written: {plot(rows, Path(args.plot))}", file=sys.stderr)
+    return 0
+
+
 def _config_arguments(p: argparse.ArgumentParser, preset: str, example: str) -> None:
     """The arguments that make a config (train, pretrain, config): layered in this order."""
     p.add_argument("--preset", help=f"a {preset}")
@@ -260,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.set_defaults(func=_cmd_train)
+
+    tu = sub.add_parser("tune", help="search hyper-parameters with Optuna, scored on validation "
+                                     "episodes (pip install 'metazoo[tune]')")
+    _config_arguments(tu, "bundled preset to start from", "train.meta_steps=300")
+    tu.add_argument("--space", required=True,
+                    help="YAML search space, e.g. algorithm.inner_lr: {log_float: [0.001, 1]}")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="trials in the study in all; the same command again runs the missing")
+    tu.add_argument("--out", help="study folder: study.db, trials/NNNN, best.yaml (default "
+                                  "runs/tune-<preset or default>)")
+    tu.add_argument("--storage", help="Optuna database URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--study", help="study name (default: the --out folder's name)")
+    tu.add_argument("--pruner", choices=["median", "hyperband"], default="median",
+                    help="stops poor trials at a validation (default median)")
+    tu.set_defaults(func=_cmd_tune)
 
     co = sub.add_parser("config", help="print the resolved config (defaults, preset, --config "
                                        "file, --set) as YAML, without running anything")
@@ -319,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves (and adaptation plots) as PNG")
     pl.add_argument("run_dir")
     pl.set_defaults(func=_cmd_plot)
+    rp = sub.add_parser("report", help="one table of runs beside the papers' numbers (Markdown "
+                                       "or CSV), and a figure of them")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    form = rp.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="a Markdown table (the default)")
+    form.add_argument("--csv", action="store_true", help="CSV, every number at full precision")
+    rp.add_argument("--plot", metavar="FILE", help="also draw each run's accuracy with its 95%% "
+                                                   "CI and the paper's value, as PNG")
+    rp.set_defaults(func=_cmd_report)
     for name, command in [*sub.choices.items(), *da_sub.choices.items()]:
         if name != "data":  # `data` itself: its subcommands take the flags
             _verbosity_arguments(command)
@@ -338,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     from metazoo.engine.stopping import raise_interrupted
 
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "pretrain", "config"):  # after the others: they win
+    if args.command in ("train", "pretrain", "config", "tune"):  # after the others: they win
         if args.plugin:
             args.set = [*args.set, "plugins=[{}]".format(", ".join(args.plugin))]
         if args.data_root:

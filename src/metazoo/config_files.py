@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from metazoo import paper
 from metazoo.config import DEFAULT_ALGORITHM, SECTIONS, AlgorithmChoice, RunConfig
 from metazoo.errors import ConfigError
 from metazoo.fields import coerce, did_you_mean, from_mapping
@@ -34,15 +35,17 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
     """A validated `RunConfig` from nested dicts (as read from YAML or JSON)."""
     if not isinstance(d, Mapping):
         raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
-    known = ["seed", "plugins", "algorithm", *SECTIONS]
+    known = ["seed", "plugins", paper.KEY, "algorithm", *SECTIONS]
     kwargs: dict[str, Any] = {}
     if "plugins" in d:  # first: they register the parts the other sections name
         kwargs["plugins"] = tuple(coerce(d["plugins"], tuple[str, ...], "plugins"))
         import_plugins(kwargs["plugins"])
+    if paper.KEY in d:  # checked, not part of the config: a run records it (engine.provenance)
+        paper.check(d[paper.KEY])
     for key, v in d.items():
         if key not in known:
             raise ConfigError(f"unknown config key '{key}'{did_you_mean(key, known)}")
-        if key == "plugins":
+        if key in ("plugins", paper.KEY):
             continue
         if key == "seed":
             kwargs["seed"] = coerce(v, int, "seed")
@@ -137,19 +140,26 @@ def preset_dict(name: str) -> dict[str, Any]:
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then a preset, then a YAML file over it, then `--set` overrides; validated."""
+    return from_dict(layered(preset, config_file, overrides))
+
+
+def layered(preset: str | None = None, config_file: str | Path | None = None,
+            overrides: list[str] | None = None) -> dict[str, Any]:
+    """The plain mapping `load_config` validates: the preset, the file over it, `--set`."""
     base = preset_dict(preset) if preset else {}
     if config_file:
         base = merged(base, read_yaml(Path(config_file)))
-    return from_dict(apply_overrides(base, overrides or []))
+    return apply_overrides(base, overrides or [])
 
 
 def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """`base` with `over` laid on it, section by section (nested mappings merge, values
-    replace). A new `algorithm.name` starts that algorithm's options afresh."""
+    replace). A new `algorithm.name` starts that algorithm's options afresh, and a `paper`
+    entry replaces the one below it whole (its numbers belong together)."""
     out = dict(base)
     for key, value in over.items():
         old = out.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping):
+        if isinstance(old, Mapping) and isinstance(value, Mapping) and key != paper.KEY:
             same = key != "algorithm" or value.get("name", old.get("name")) == old.get("name")
             out[key] = merged(old, value) if same else dict(value)
         else:

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from metazoo import atomic, batching, output
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
-from metazoo.engine import checkpoint, lock
+from metazoo.engine import checkpoint, lock, provenance
 from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
 from metazoo.engine.offset_eval import stream_source, validate_stream
@@ -90,7 +91,9 @@ def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
                                     "input_shape": list(shape)})
 
 
-def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
+          origin: provenance.Origin | None = None, test: bool = True,
+          on_validation: Callable[[int, EvalResult], None] | None = None) -> dict[str, Any]:
     """Meta-train per `cfg` into `run_dir`, then evaluate on `cfg.eval.split`; returns results.
 
     The run holds `run_dir` for its life (`engine.lock`): another run there is refused. A start
@@ -98,13 +101,18 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False) -> dict[str, A
     `resume=True` the run continues from `run_dir/checkpoint.safetensors` with the config it was
     trained with; `cfg` may differ from it only in `train.meta_steps` (to extend the run) and
     evaluation settings (see `engine.resume`). SIGINT and SIGTERM stop after the current step
-    with a checkpoint (`engine.stopping`); `Interrupted` says what the folder holds.
+    with a checkpoint (`engine.stopping`); `Interrupted` says what the folder holds. A new run
+    writes `origin` (preset, config file, paper entry) and the code's commit to
+    `provenance.json` (`engine.provenance`). `test=False` (a tuner's trial) builds no test
+    episodes and skips the final evaluation (no `results.json`): it returns `{"best_val": best
+    validation mean}`. `on_validation(step, result)` is called after each validation and its
+    checkpoint; what it raises (a pruned trial) ends the run there.
     """
     tune_allocator()
     run_dir = Path(run_dir)
     with lock.claim(run_dir, "train") as claimed:
         try:
-            return _train(cfg, run_dir, resume, claimed)
+            return _train(cfg, run_dir, resume, claimed, origin, test, on_validation)
         except MetazooError as e:  # a run that started says in its folder why it stopped
             if claimed.started:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -156,7 +164,7 @@ why, so a folder without `results.json` explains itself."""
 def _remove_debris(run_dir: Path) -> None:
     """Temporary files of writes that a kill -9 cut short: `metazoo.atomic`'s, and those that
     safetensors writes before renaming (`.tmp` and six characters: Rust's `tempfile`)."""
-    names = (CONFIG, CHECKPOINT, BEST, RESULTS, RESUMES, "metrics.csv")
+    names = (CONFIG, CHECKPOINT, BEST, RESULTS, RESUMES, "metrics.csv", provenance.FILE)
     for path in run_dir.iterdir():
         n = path.name
         ours = any(n.startswith(f".{name}.") and n.endswith(".tmp") for name in names)
@@ -164,7 +172,9 @@ def _remove_debris(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> dict[str, Any]:
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
+           origin: provenance.Origin | None, test: bool = True,
+           on_validation: Callable[[int, EvalResult], None] | None = None) -> dict[str, Any]:
     start_step, best = 0, None
     state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     changed: dict[str, list[Any]] = {}
@@ -208,7 +218,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
     streams = getattr(alg, "presentation", None) == "offset_labels"
     val_src = None if not (cfg.eval.every and cfg.eval.val_episodes) else (
         stream_source(cfg, "val") if streams else task_source(cfg, "val", training=False))
-    test_src = task_source(cfg, cfg.eval.split, training=False)  # its errors before training
+    test_src = task_source(cfg, cfg.eval.split, training=False) if test else None  # errors now
     t = cfg.train
 
     # The run starts: from here on it changes the folder.
@@ -222,6 +232,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
         for stale in (BEST, RESULTS, RESUMES):  # of an earlier start that had no checkpoint
             (run_dir / stale).unlink(missing_ok=True)
         write_json(run_dir / CONFIG, run_config)  # once: a resume never rewrites it
+        write_json(run_dir / provenance.FILE, provenance.record(origin))  # preset, commit
     ident = identity(run_config, cfg)
     # The training log's window is aligned to multiples of log_every; a checkpoint carries the
     # open window's sums, so the rows after a resume equal those of a run never stopped.
@@ -306,6 +317,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
                     else:
                         output.info(line)
                     save(done)
+                    if on_validation is not None:
+                        on_validation(done, result)
                 elif done % t.checkpoint_every == 0 or last:
                     save(done)
                 else:
@@ -326,6 +339,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim) -> 
         log.close()
     if start_step == t.meta_steps == 0 or not (run_dir / CHECKPOINT).exists():
         save(t.meta_steps)
+    if not test:
+        return {"best_val": best}
     return final_evaluation(cfg, run_dir, alg, device, test_src)
 
 
