@@ -86,7 +86,7 @@ def test_to_dict_writes_every_option_and_reads_back():
     fields = {f.name for f in dataclasses.fields(cfg.algorithm.config)}
     assert set(d["algorithm"]) == {"name", *fields}
     assert list(d) == ["seed", "plugins", "data", "model", "train", "eval", "augment", "pretrain",
-                       "algorithm"]
+                       "rl", "algorithm"]
     assert d["model"]["widths"] == [40, 40]  # tuples as lists: plain JSON
     assert json.loads(json.dumps(d)) == d
     assert from_dict(json.loads(json.dumps(d))) == cfg

@@ -17,6 +17,7 @@ or threads for the algorithms measured faster in threads; elsewhere (MLPs, GPUs)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import torch
@@ -153,26 +154,33 @@ def meta_loss(alg: Algorithm, batch: TaskBatch, strategy: Strategy = "auto"
     return mean_task_loss(alg, batch, strategy)
 
 
-def meta_backward(alg: Algorithm, batch: TaskBatch, strategy: Strategy = "auto"
+def meta_backward(alg: Algorithm, batch: TaskBatch, strategy: Strategy = "auto", *,
+                  scale: float = 1.0,
+                  forward: Callable[[], AbstractContextManager[Any]] = nullcontext
                   ) -> tuple[Tensor, Metrics]:
     """The meta-loss of `batch` and its backward pass (gradients accumulate in `.grad`): what
     the trainer calls. Returns the detached loss and metrics.
 
     Where the tasks run as a loop of `task_loss` ("loop", "threads", or "vmap" for an algorithm
     that cannot vmap), each task's graph is backpropagated and freed before the next is built.
+    The backward pass is of `scale` times the loss (a float16 loss scale, a process's share of
+    a meta-batch: `engine.distributed`); each forward pass runs inside `forward()` (autocast:
+    `engine.precision`), each backward pass outside it.
     """
     chosen, tasks = choose(alg, strategy), len(batch)
     whole = overrides_meta_loss(alg) or (tasks > 1 and (
         chosen == "first_step" or (chosen == "vmap" and alg.can_vmap())))
     if whole:
-        loss, metrics = meta_loss(alg, batch, chosen)
-        loss.backward()
+        with forward():
+            loss, metrics = meta_loss(alg, batch, chosen)
+        (loss * scale).backward()
         return loss.detach(), {k: v.detach() for k, v in metrics.items()}
     workers = torch.get_num_threads() if chosen == "threads" and tasks > 1 else 1
-    return _backward_per_task(alg, batch, workers)
+    return _backward_per_task(alg, batch, workers, scale, forward)
 
 
-def _backward_per_task(alg: Algorithm, batch: TaskBatch, workers: int
+def _backward_per_task(alg: Algorithm, batch: TaskBatch, workers: int, scale: float = 1.0,
+                       forward: Callable[[], AbstractContextManager[Any]] = nullcontext
                        ) -> tuple[Tensor, Metrics]:
     ways, tasks = alg.check_ways(batch.ways), len(batch)
     params = [p for p in alg.parameters() if p.requires_grad]
@@ -183,12 +191,13 @@ def _backward_per_task(alg: Algorithm, batch: TaskBatch, workers: int
         total: list[Tensor | None] = [None] * len(params)
         losses, metrics = [], []
         for i in part:
-            loss, m = worker.task_loss(batch.support_x[i], batch.support_y[i],
-                                       batch.query_x[i], batch.query_y[i], ways)
+            with forward():  # in each worker's thread: autocast is thread-local
+                loss, m = worker.task_loss(batch.support_x[i], batch.support_y[i],
+                                           batch.query_x[i], batch.query_y[i], ways)
             if workers == 1:  # accumulate in .grad directly: no extra copy of the grads
-                (loss / tasks).backward()  # d(mean)/d(loss_i) = 1/B
+                (loss / tasks * scale).backward()  # d(mean)/d(loss_i) = 1/B
             else:
-                gs = torch.autograd.grad(loss / tasks, params, allow_unused=True)
+                gs = torch.autograd.grad(loss / tasks * scale, params, allow_unused=True)
                 total = [t if g is None else g if t is None else t + g
                          for t, g in zip(total, gs, strict=True)]
             losses.append(loss.detach())

@@ -156,6 +156,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.device and (args.protocol == "offset_labels" or args.oneshot_runs):
+        raise ConfigError("--device applies to episode evaluation; drop it with --protocol "
+                          "offset_labels or --oneshot-runs")
     if args.protocol == "offset_labels":
         return _eval_offset_labels(args)
     if args.presentations is not None:
@@ -167,11 +170,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluate_oneshot_run(args.run_dir, args.oneshot_runs, data_root=args.data_root,
                              options=args.set)  # prints the error rate of every run
         return 0
+    from metazoo.engine.rl_eval import evaluate_rl_run, is_rl_run, lines
+
+    if is_rl_run(args.run_dir):  # a meta-RL run: its learner on fixed evaluation tasks
+        if args.ways or args.shots or args.queries or args.set or args.device:
+            raise ConfigError("a meta-RL run is evaluated on --episodes tasks of --split; "
+                              "--ways, --shots, --queries, --set and --device do not apply")
+        rl_result, rl_path = evaluate_rl_run(args.run_dir, episodes=args.episodes,
+                                             split=args.split)
+        print("\n".join([*lines(rl_result), f"written: {rl_path}"]))
+        return 0
     from metazoo.engine.evaluate import evaluate_run
 
     result, path = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
                                 ways=args.ways, shots=args.shots, queries=args.queries,
-                                data_root=args.data_root, options=args.set)
+                                data_root=args.data_root, options=args.set,
+                                device=args.device)
     print(result.line())
     print(f"written: {path}")
     return 0
@@ -284,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(tr, "bundled preset (metazoo list presets)", "train.meta_steps=100")
     tr.add_argument("--out", help="run folder (default runs/<preset or default>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                    help="the same as --set train.device=...; under torchrun cuda is each "
+                         "process's cuda:LOCAL_RANK")
     tr.set_defaults(func=_cmd_train)
 
     tu = sub.add_parser("tune", help="search hyper-parameters with Optuna, scored on validation "
@@ -320,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--data-root")
+    ev.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                    help="evaluate on this device (default: the run's train.device)")
     ev.add_argument("--set", nargs="*", action="extend", default=[],
                     metavar="algorithm.KEY=VALUE",
                     help="test-time algorithm options, e.g. algorithm.bn_mode=non_transductive "
@@ -359,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves (and adaptation plots) as PNG")
     pl.add_argument("run_dir")
     pl.set_defaults(func=_cmd_plot)
+
     rp = sub.add_parser("report", help="one table of runs beside the papers' numbers (Markdown "
                                        "or CSV), and a figure of them")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -392,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             args.set = [*args.set, "plugins=[{}]".format(", ".join(args.plugin))]
         if args.data_root:
             args.set = [*args.set, f"data.root={args.data_root}"]
+        if getattr(args, "device", None):  # train only
+            args.set = [*args.set, f"train.device={args.device}"]
     output.configure(int(getattr(args, "verbose", False)) - int(getattr(args, "quiet", False)))
     tune_allocator()  # large activations reuse heap pages: see metazoo.allocator
     main_thread = threading.current_thread() is threading.main_thread()

@@ -70,6 +70,8 @@ class TrainConfig:
     # the same budget however loaded the machine is)
     checkpoint_every: int = 500  # steps between checkpoints (also written at each validation)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
+    # training steps under autocast: bf16 (cuda, or cpu), fp16 (cuda; loss scaling)
+    precision: Literal["float32", "bf16", "fp16"] = "float32"
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     progress: bool = True  # a progress bar on a terminal; piped, a line per log_every steps
 
@@ -123,6 +125,33 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """A meta-RL run (`metazoo.rl`): `algorithm.name` is a meta-RL learner (rl2, maml_rl),
+    `train.meta_batch_size` its tasks a meta-iteration, `eval.episodes` its evaluation tasks."""
+
+    family: str | None = None  # meta-RL task family (bandit, tabular_mdp, ...); None: no RL
+    options: dict[str, Any] = field(default_factory=dict)  # the family's, e.g. {arms: 5}
+
+    def validate(self, algorithm: str) -> None:
+        """The family and the learner go together; `options` is a mapping of names."""
+        from metazoo.rl.base import is_algorithm
+
+        if not isinstance(self.options, dict) or not all(isinstance(k, str)
+                                                         for k in self.options):
+            raise ConfigError(f"rl.options must be a mapping such as {{arms: 5, episodes: 10}}, "
+                              f"got {str(self.options)[:40]!r}")
+        if self.family == "":
+            raise ConfigError("rl.family must name a task family (bandit, tabular_mdp, ...) or "
+                              "be null")
+        if self.family is None and is_algorithm(algorithm):
+            raise ConfigError(f"algorithm '{algorithm}' is a meta-RL learner: set rl.family "
+                              "(bandit, tabular_mdp, navigation_2d, ...)")
+        if self.family is not None and not is_algorithm(algorithm):
+            raise ConfigError(f"rl.family={self.family} needs a meta-RL learner as "
+                              f"algorithm.name (rl2, maml_rl), not '{algorithm}'")
+
+
+@dataclass(frozen=True)
 class AlgorithmChoice:
     """An algorithm by name, with its own config (a dataclass of `algorithms.get(name).config`)."""
 
@@ -134,8 +163,10 @@ class AlgorithmChoice:
         """Algorithm `name` with its registered defaults, then `options` (checked and coerced by
         the algorithm's spec: `metazoo.algorithms.get(name).make_config`)."""
         from metazoo import algorithms
+        from metazoo.rl import base as rl
 
-        return cls(name, algorithms.get(name).make_config(**options))
+        spec = rl.algorithm_spec(name) if rl.is_algorithm(name) else algorithms.get(name)
+        return cls(name, spec.make_config(**options))
 
     def to_dict(self) -> dict[str, Any]:
         """`{"name": ..., **every field of the config}`, tuples as lists (JSON, YAML)."""
@@ -166,6 +197,7 @@ class RunConfig:
     # image episodes: augmentation in training, normalisation everywhere (off by default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pretrain: PretrainConfig = PretrainConfig()  # `metazoo pretrain` only
+    rl: RLConfig = RLConfig()  # meta-RL runs: the task family (`metazoo.engine.rl`)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts (as `config.json` holds them), the algorithm's options flattened
@@ -232,9 +264,10 @@ class RunConfig:
         if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
             raise ConfigError("train.nesterov needs train.optimizer=sgd and train.momentum > 0")
         self.pretrain.validate()
+        self.rl.validate(self.algorithm.name)
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                              "eval": EvalConfig, "augment": AugmentConfig,
-                             "pretrain": PretrainConfig}
+                             "pretrain": PretrainConfig, "rl": RLConfig}
 """The plain sections of a `RunConfig`, by key (`algorithm` is the algorithm's own config)."""

@@ -86,6 +86,11 @@ def section_options(name: str) -> list[Option]:
     if name in algorithms.names():
         spec = algorithms.get(name)
         return options_of("algorithm", spec.config, spec.make_config())
+    from metazoo.rl import base as rl
+
+    if rl.is_algorithm(name):  # a meta-RL learner (rl2, maml_rl)
+        rl_spec = rl.algorithm_spec(name)
+        return options_of("algorithm", rl_spec.config, rl_spec.make_config())
     choices = [*SECTIONS, *algorithms.names()]
     raise ConfigError(f"no config section or algorithm '{name}'{did_you_mean(name, choices)}; "
                       f"sections: {', '.join(SECTIONS)}; algorithms: `metazoo list algorithms`")

@@ -244,6 +244,10 @@ def plot_run(run_dir: Path) -> list[Path]:
     from metazoo.data import get_spec
     from metazoo.engine.run import read_config
 
+    if (run_dir / "metrics.csv").exists() and read_config(run_dir).rl.family is not None:
+        from metazoo.plot_rl import plot_rl_run  # a meta-RL run: its own figures
+
+        return plot_rl_run(run_dir)
     paths = [plot_learning_curves(run_dir)]
     cfg = read_config(run_dir)
     if get_spec(cfg.data.name).kind == "regression":  # a probabilistic method: its predictive

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from metazoo.algorithms import (  # noqa: F401  (imported to register)
     alpaca,
+    alpha_maml,
     anil,
     baseline,
     bmaml,
     caml,
     cavia,
+    deml,
     gnn,
     imaml,
     imp,

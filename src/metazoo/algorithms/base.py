@@ -96,3 +96,9 @@ class Algorithm(nn.Module):
         """Called by the trainer after the meta-gradient of `batch`, before the optimiser step,
         for state that is not a parameter (Reptile's inner Adam moments, MAML++'s running
         statistics): `meta_loss` stays pure, this stores the state."""
+
+    def outer_lr(self, scheduled: float) -> float:
+        """The outer learning rate of the coming optimiser step, given the trainer's scheduled
+        one (`train.outer_lr` times its schedule); called after `end_step`. The default keeps it;
+        AlphaMAML returns its rate adapted by hypergradient descent."""
+        return scheduled

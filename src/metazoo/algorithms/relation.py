@@ -72,12 +72,16 @@ class RelationModule(nn.Module):
         self.fc1 = nn.Linear(hidden * h * w, fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, 1)
 
-    def forward(self, pairs: Tensor) -> Tensor:
+    def logits(self, pairs: Tensor) -> Tensor:
+        """The scores before the sigmoid: `[P, 2C, H, W]` -> `[P]` (MetaGAN's class logits)."""
         x = pairs
         for block, pool in zip(self.convs, self.pools, strict=True):
             x = torch.relu(block(x))
             x = F.max_pool2d(x, 2) if pool else x
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(x.flatten(1))))).squeeze(-1)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1)))).squeeze(-1)
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(pairs))
 
 
 @register("relation", display="Relation Net", family="metric", config=RelationConfig,

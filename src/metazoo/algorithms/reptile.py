@@ -181,7 +181,9 @@ class Reptile(LinearHeadAlgorithm):
         """Mean query loss after adaptation, with gradient phi - mean_i(W_i) (Alg. 2)."""
         self.check_ways(batch.ways)
         tasks = len(batch)
-        orders = self._orders(batch.support_x.shape[1], tasks).to(batch.support_x.device)
+        # task i's orders are row first + i however the meta-batch is split (engine.distributed)
+        orders = self._orders(batch.support_x.shape[1], batch.first + tasks)[batch.first:]
+        orders = orders.to(batch.support_x.device)
         args = (batch.support_x, batch.support_y, batch.query_x, batch.query_y, orders)
         state, outs = self._adam_state(), []
         carry = self.config.inner_adam_state == "carry"

@@ -21,6 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from metazoo.algorithms.base import Algorithm
+from metazoo.engine import distributed
+from metazoo.engine.distributed import SINGLE, World, episode_share
 from metazoo.engine.run import load_run, resolve_device, task_source, write_json
 from metazoo.engine.scoring import Scores
 from metazoo.errors import ConfigError
@@ -76,21 +78,19 @@ class EvalResult:
 def episode_batches(source: TaskSource, episodes: int, batch_size: int) -> Iterator[TaskBatch]:
     """Episodes `0..episodes-1` of `source` in order, `batch_size` at a time (the last batches
     smaller)."""
-    full = episodes // batch_size
-    for index in range(full):
-        yield source.batch(index, batch_size)
-    for e in range(full * batch_size, episodes):
-        yield source.batch(e, 1)
+    for index, size in episode_share(episodes, batch_size):
+        yield source.batch(index, size)
 
 
 def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_size: int = 16,
              split: str = "test", device: torch.device | str = "cpu",
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, world: World = SINGLE) -> EvalResult:
     """Evaluate `algorithm` on episodes `0..episodes-1` of `source` (`progress`: a bar of
-    episodes on stderr, when that is a terminal)."""
+    episodes on stderr, when that is a terminal; `world`: each process scores its share of the
+    batches, the per-episode values are gathered in episode order)."""
     was_training = algorithm.training
     algorithm.eval()
-    scores, done = Scores(), 0
+    scores = Scores()
     truth = getattr(source, "truth", None)
     start = time.perf_counter()
     grad = contextlib.nullcontext() if algorithm.adapts_with_gradients else torch.no_grad()
@@ -99,15 +99,14 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
             bar = tqdm(total=episodes, desc=f"{split} episodes", unit="episode", leave=False,
                        disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
             with bar:
-                for batch in episode_batches(source, episodes, batch_size):
-                    b = batch.to(device)
+                for index, size in episode_share(episodes, batch_size, world):
+                    b = source.batch(index, size).to(device)
                     out = algorithm.predict(b.support_x, b.support_y, b.query_x, ways=b.ways)
-                    scores.add(algorithm, b, out.detach(), truth, done)
-                    done += len(b)
+                    scores.add(algorithm, b, out.detach(), truth, index * size)
                     bar.update(len(b))
     finally:
         algorithm.train(was_training)
-    s = scores.summary()
+    s = world.gather_scores(scores).summary()
     metric = "mse" if "mse" in s else "accuracy"
     nll = "nll" if "nll" in s else "predictive_nll"
     return EvalResult(metric, s[metric], s[f"{metric}_ci95"], episodes, source.ways,
@@ -142,12 +141,13 @@ def results_name(differences: Sequence[str] | None = None) -> str:
 
 def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str | None = None,
                  ways: int | None = None, shots: int | None = None, queries: int | None = None,
-                 data_root: str | None = None, options: Sequence[str] | None = None
-                 ) -> tuple[EvalResult, Path]:
+                 data_root: str | None = None, options: Sequence[str] | None = None,
+                 device: str | None = None) -> tuple[EvalResult, Path]:
     """Evaluate a run folder's weights on fixed episodes: what `metazoo eval RUN_DIR` does.
 
-    Settings left at None keep the run's `eval` section. `options` (`algorithm.KEY=VALUE`)
-    change test-time algorithm options only (see `load_run`).
+    Settings left at None keep the run's `eval` section (`device`: its `train.device`).
+    `options` (`algorithm.KEY=VALUE`) change test-time algorithm options only (see
+    `load_run`). Under torchrun the episodes are split over the processes; process 0 writes.
 
     Returns:
         The result and the JSON file written in the run folder (`results_name`: the settings
@@ -155,8 +155,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
     """
     run = Path(run_dir)
     cfg, alg = load_run(run, data_root=data_root, algorithm_options=list(options or []))
-    device = resolve_device(cfg.train.device)
-    alg.to(device)
+    resolve_device(device or cfg.train.device)  # refused before any work
     e = cfg.eval
     asked: dict[str, Any] = {"episodes": episodes, "split": split, "ways": ways, "shots": shots,
                              "queries": queries}
@@ -173,10 +172,13 @@ def evaluate_run(run_dir: str | Path, *, episodes: int | None = None, split: str
                           f"{cfg.data.name}/{ev.split} gives {tuple(source.input_shape)} "
                           "(colour against grey, or another image size); evaluate it on data "
                           "like its training data")
-    result = evaluate(alg, source, episodes=ev.episodes, batch_size=ev.batch_size,
-                      split=ev.split, device=device, progress=True)
+    with distributed.session(device or cfg.train.device) as world:
+        result = evaluate(alg.to(world.device), source, episodes=ev.episodes,
+                          batch_size=ev.batch_size, split=ev.split, device=world.device,
+                          progress=True, world=world)
     path = run / results_name([*differs, *(options or [])])
-    write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
-                      "options": list(options or []), "dataset": cfg.data.name,
-                      "batch_norm": batch_norm_mode(alg), "device": str(device)})
+    if world.writes:
+        write_json(path, {**result.to_json(), "algorithm": cfg.algorithm.name,
+                          "options": list(options or []), "dataset": cfg.data.name,
+                          "batch_norm": batch_norm_mode(alg), "device": str(world.device)})
     return result, path

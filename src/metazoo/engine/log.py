@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,16 @@ class MetricsLog:
     """
 
     def __init__(self, run_dir: Path, *, resume_step: int | None = None,
-                 drop_partial_row: bool = False, tensorboard: bool = True) -> None:
+                 drop_partial_row: bool = False, tensorboard: bool = True,
+                 fields: Sequence[str] = FIELDS) -> None:
         self.path = run_dir / "metrics.csv"
+        self.fields = list(fields)  # the columns (a meta-RL run's: its learner's metrics)
         rows: list[dict[str, str]] = []
         if resume_step is not None and self.path.exists():
             rows = [r for r in _complete_rows(self.path) if int(r["step"]) < resume_step or (
                 int(r["step"]) == resume_step and not (drop_partial_row and r["split"] == "train"))]
         text = io.StringIO()
-        w = csv.DictWriter(text, FIELDS)
+        w = csv.DictWriter(text, self.fields)
         w.writeheader()
         w.writerows(rows)
         atomic.write_text(self.path, text.getvalue())
@@ -49,7 +52,7 @@ class MetricsLog:
         row.update({k: (f"{v:.6g}" if isinstance(v, float) else v)
                     for k, v in values.items() if v is not None})
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, FIELDS).writerow(row)
+            csv.DictWriter(f, self.fields).writerow(row)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, int | float):

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from metazoo import atomic, batching, output
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
-from metazoo.engine import checkpoint, lock, provenance
+from metazoo.engine import checkpoint, distributed, lock, provenance
 from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
 from metazoo.engine.offset_eval import stream_source, validate_stream
+from metazoo.engine.precision import Precision
 from metazoo.engine.resume import RESUMES, SavedRun, identity, normal
 from metazoo.engine.resume import record as record_resume
 from metazoo.engine.run import (
@@ -35,7 +37,6 @@ from metazoo.engine.run import (
     CONFIG,
     RESULTS,
     build_algorithm,
-    resolve_device,
     resolved,
     task_source,
     write_json,
@@ -110,11 +111,18 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
     """
     tune_allocator()
     run_dir = Path(run_dir)
-    with lock.claim(run_dir, "train") as claimed:
+    # under torchrun: one process of several (engine.distributed); process 0 holds the folder
+    with distributed.session(cfg.train.device) as world, \
+            distributed.claim(run_dir, world) as claimed:
         try:
-            return _train(cfg, run_dir, resume, claimed, origin, test, on_validation)
+            if cfg.rl.family is not None:  # the `rl` task kind: a meta-RL learner
+                from metazoo.engine.rl import train_rl
+
+                world.require_single("meta-RL training")
+                return train_rl(cfg, run_dir, resume, claimed, origin)
+            return _train(cfg, run_dir, resume, claimed, origin, test, on_validation, world)
         except MetazooError as e:  # a run that started says in its folder why it stopped
-            if claimed.started:
+            if claimed.started and world.writes:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
                 atomic.write_text(run_dir / ERROR, f"{stamp}: {e}\n")
             raise
@@ -174,7 +182,8 @@ def _remove_debris(run_dir: Path) -> None:
 
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
            origin: provenance.Origin | None, test: bool = True,
-           on_validation: Callable[[int, EvalResult], None] | None = None) -> dict[str, Any]:
+           on_validation: Callable[[int, EvalResult], None] | None = None,
+           world: distributed.World = distributed.SINGLE) -> dict[str, Any]:
     start_step, best = 0, None
     state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     changed: dict[str, list[Any]] = {}
@@ -194,11 +203,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                                   f"with --set model.pretrained={run_dir} and another --out")
         run_config = normal(cfg.to_dict())
 
-    device = resolve_device(cfg.train.device)
+    device = world.device  # train.device; under torchrun cuda:LOCAL_RANK
     train_src = task_source(cfg, "train", training=True)  # the train split, loaded once
     shape = tuple(state[1]["input_shape"]) if state else train_src.input_shape
     alg = build_algorithm(cfg, shape).to(device)
     opt = make_optimizer(alg, cfg.train)
+    amp = Precision(cfg.train.precision, device, opt)  # autocast, float16's loss scale
+    distributed.check(alg, cfg.train.meta_batch_size, world)  # a split meta-batch is exact
     window: dict[str, Any] = {}
     if state is not None:
         tensors, meta = state
@@ -209,6 +220,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
             raise CheckpointError(f"checkpoint in '{run_dir}' does not fit its config: "
                                   f"{str(e).splitlines()[0]}") from None
         window = meta.get("log_window") or {}
+        amp.load(meta)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.train, s),
                                               last_epoch=start_step - 1)
     if start_step:  # LambdaLR with last_epoch >= 0 needs initial_lr; recompute the current lr
@@ -223,16 +235,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
 
     # The run starts: from here on it changes the folder.
     claimed.started = True
-    _remove_debris(run_dir)
-    (run_dir / ERROR).unlink(missing_ok=True)  # of an earlier attempt that stopped
-    if resume:
-        if changed:
-            record_resume(run_dir, start_step, changed)
-    else:
-        for stale in (BEST, RESULTS, RESUMES):  # of an earlier start that had no checkpoint
-            (run_dir / stale).unlink(missing_ok=True)
-        write_json(run_dir / CONFIG, run_config)  # once: a resume never rewrites it
-        write_json(run_dir / provenance.FILE, provenance.record(origin))  # preset, commit
+    if world.writes:  # process 0 alone writes the folder
+        _remove_debris(run_dir)
+        (run_dir / ERROR).unlink(missing_ok=True)  # of an earlier attempt that stopped
+        if resume:
+            if changed:
+                record_resume(run_dir, start_step, changed)
+        else:
+            for stale in (BEST, RESULTS, RESUMES):  # of an earlier start without checkpoint
+                (run_dir / stale).unlink(missing_ok=True)
+            write_json(run_dir / CONFIG, run_config)  # once: a resume never rewrites it
+            write_json(run_dir / provenance.FILE, provenance.record(origin))  # preset, commit
     ident = identity(run_config, cfg)
     # The training log's window is aligned to multiples of log_every; a checkpoint carries the
     # open window's sums, so the rows after a resume equal those of a run never stopped.
@@ -241,13 +254,15 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
     window_start = time.perf_counter() - float(window.get("seconds", 0.0))
     log = MetricsLog(run_dir, resume_step=start_step if resume else None,
                      drop_partial_row=bool(window_steps) and start_step < t.meta_steps,
-                     tensorboard=t.tensorboard)
+                     tensorboard=t.tensorboard) if world.writes else distributed.NullLog()
 
     def save(step: int) -> None:
+        if not world.writes:
+            return
         open_window = {"sums": dict(sums), "steps": window_steps,
                        "seconds": time.perf_counter() - window_start}
         _save_state(run_dir / CHECKPOINT, alg, opt, step, best, shape,
-                    {**ident, "log_window": open_window})
+                    {**ident, "log_window": open_window, **amp.state()})
         output.debug(f"checkpoint at step {step}: {run_dir / CHECKPOINT}")
 
     if state is not None and RNG in state[0]:
@@ -267,14 +282,20 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                 batch = train_src.batch(step, t.meta_batch_size).to(device)
                 opt.zero_grad(set_to_none=True)
                 alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
-                loss, metrics = batching.meta_backward(alg, batch)  # the strategy measured fastest
+                # the strategy measured fastest, on this process's share of the tasks
+                loss, metrics = distributed.meta_backward(alg, batch, world, amp)
                 if not math.isfinite(float(loss.detach())):
                     raise TrainingError(_diverged(run_dir, step + 1, "the meta-loss is "
                                                   f"{float(loss.detach())}"))
                 alg.end_step(batch)  # state carried between steps (Reptile's Adam, MAML++'s stats)
+                scheduled = t.outer_lr * lr_factor(t, step)
+                lr = alg.outer_lr(scheduled)  # the algorithm's own rate (AlphaMAML), else this
+                if lr != scheduled:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
-                opt.step()
+                amp.step()  # opt.step(); float16: skipped after an overflow
                 sched.step()
                 if not _finite(alg):  # checked before any save: a checkpoint is never NaN
                     raise TrainingError(_diverged(run_dir, step + 1, "the meta-parameters are "
@@ -284,7 +305,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                     sums[k] += float(v.detach())
                 window_steps += 1
                 done = step + 1
-                out_of_time = out_of_time_now()
+                out_of_time = bool(world.agree(out_of_time_now()))  # all stop at one step
                 last = done == t.meta_steps or out_of_time
                 if done % t.log_every == 0 or last:
                     secs = time.perf_counter() - window_start
@@ -302,14 +323,15 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                         window_start, window_steps = time.perf_counter(), 0
                 checkpointed = True
                 if val_src is not None and (done % cfg.eval.every == 0 or last):
-                    result = (validate_stream if streams else evaluate)(
+                    result = (validate_stream if streams else partial(evaluate, world=world))(
                         alg, val_src, episodes=cfg.eval.val_episodes,
                         batch_size=cfg.eval.batch_size, split="val", device=device)
                     log.write(done, "val", seconds=result.seconds, ci95=result.ci95,
                               **{"acc" if result.metric == "accuracy" else "mse": result.mean})
                     if _better(result, best):
                         best = result.mean
-                        _save_best(run_dir / BEST, alg, done, result, shape)
+                        if world.writes:
+                            _save_best(run_dir / BEST, alg, done, result, shape)
                     line = (f"step {done}: val {result.metric} {result.mean:.4f} ± "
                             f"{result.ci95:.4f} (best {best:.4f})")
                     if drawn:
@@ -323,6 +345,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                     save(done)
                 else:
                     checkpointed = False
+                stop.signum = world.agree(stop.signum)  # a signal to any process stops all
                 if stop.signum:
                     if not checkpointed:
                         save(done)
@@ -341,23 +364,27 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
         save(t.meta_steps)
     if not test:
         return {"best_val": best}
-    return final_evaluation(cfg, run_dir, alg, device, test_src)
+    return final_evaluation(cfg, run_dir, alg, device, test_src, world)
 
 
 def final_evaluation(cfg: RunConfig, run_dir: Path, alg: Algorithm, device: torch.device,
-                     src: TaskSource | None = None) -> dict[str, Any]:
-    """Test the best weights (or the last, without validation); write `results.json`."""
+                     src: TaskSource | None = None,
+                     world: distributed.World = distributed.SINGLE) -> dict[str, Any]:
+    """Test the best weights (or the last, without validation); write `results.json`
+    (`world`: the episodes split over the processes, process 0 writing)."""
     weights = "last"
     if (run_dir / BEST).exists():
         tensors, _ = checkpoint.load(run_dir / BEST)
         alg.load_state_dict(checkpoint.model_state(tensors))
         weights = "best"
+    world.broadcast_module(alg)  # process 0's weights: the folder may be its alone
     src = src or task_source(cfg, cfg.eval.split, training=False)
     result = evaluate(alg, src, episodes=cfg.eval.episodes, batch_size=cfg.eval.batch_size,
                       split=cfg.eval.split, device=device,
-                      progress=cfg.train.progress and output.progress_on())
+                      progress=cfg.train.progress and output.progress_on(), world=world)
     out = {**result.to_json(), "weights": weights, "algorithm": cfg.algorithm.name,
            "dataset": cfg.data.name, "batch_norm": batch_norm_mode(alg), "device": str(device)}
-    write_json(run_dir / RESULTS, out)
+    if world.writes:
+        write_json(run_dir / RESULTS, out)
     output.result(result.line())
     return out

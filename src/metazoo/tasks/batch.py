@@ -22,6 +22,12 @@ class TaskBatch:
         query_x: `[B, N*Q, *x]` inputs of the query sets.
         query_y: `[B, N*Q]` labels or `[B, N*Q, d_out]` targets.
         ways: N (1 for regression); shots: K; queries: Q.
+        classes: `[B, N]` the split-wide class index behind each episode label (label `l` of
+            task `b` is class `classes[b, l]` of the split), where the source knows it
+            (`EpisodeSampler`); None otherwise. DEML's concept discriminator reads it.
+        first: the position of task 0 in its meta-batch (0; a process's share of a meta-batch
+            starts later: `engine.distributed`), for draws keyed by a task's position
+            (Reptile's inner mini-batch orders).
     """
 
     support_x: Tensor
@@ -31,6 +37,8 @@ class TaskBatch:
     ways: int
     shots: int
     queries: int
+    classes: Tensor | None = None
+    first: int = 0
 
     def __post_init__(self) -> None:
         b = self.support_x.shape[0] if self.support_x.dim() else 0
@@ -81,7 +89,8 @@ class TaskBatch:
         """The `i`-th task as a batch of one (a view; used by reference loops in tests)."""
         s = slice(i, i + 1)
         return TaskBatch(self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s],
-                         self.ways, self.shots, self.queries)
+                         self.ways, self.shots, self.queries,
+                         None if self.classes is None else self.classes[s], self.first + i)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
         """Move to `device`; `dtype` applies to the inputs (and to regression targets)."""
@@ -92,7 +101,8 @@ class TaskBatch:
             return x(t) if t.is_floating_point() else t.to(device)
 
         return TaskBatch(x(self.support_x), y(self.support_y), x(self.query_x), y(self.query_y),
-                         self.ways, self.shots, self.queries)
+                         self.ways, self.shots, self.queries,
+                         None if self.classes is None else self.classes.to(device), self.first)
 
 
 class TaskSource(Protocol):

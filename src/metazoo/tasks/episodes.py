@@ -103,6 +103,7 @@ class EpisodeSampler:
         sup, qry = zip(*(self.indices(first + b) for b in range(meta_batch_size)), strict=True)
         s_idx, q_idx = torch.stack(sup), torch.stack(qry)                     # [B, N*K], [B, N*Q]
         n = self.ways
+        classes = self.dataset.labels[s_idx.view(meta_batch_size, n, self.shots)[:, :, 0]]  # [B, N]
         s_y = torch.arange(n).repeat_interleave(self.shots).expand(meta_batch_size, -1)
         q_y = torch.arange(n).repeat_interleave(self.queries).expand(meta_batch_size, -1)
         if self.order == "shuffled":
@@ -113,4 +114,4 @@ class EpisodeSampler:
             q_idx, q_y = q_idx.gather(1, q_sel), q_y.gather(1, q_sel)
         return TaskBatch(self.dataset.as_float(s_idx), s_y.contiguous(),
                          self.dataset.as_float(q_idx), q_y.contiguous(), n, self.shots,
-                         self.queries)
+                         self.queries, classes)
