@@ -15,5 +15,5 @@ def test_readme_algorithm_table_equals_the_registry():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install torch==2.13.0 -e ".[dev]" && pytest' in readme
-    assert 'pip install -q torch==2.13.0 -e ".[dev]"' in ci and "pytest" in ci
+    assert 'pip install torch==2.13.0 -e ".[dev,rl,mujoco,tune]" && pytest' in readme
+    assert 'pip install -q torch==2.13.0 -e ".[dev,rl,mujoco,tune]"' in ci and "pytest" in ci
