@@ -27,7 +27,11 @@ from metazoo.engine.log import MetricsLog
 from metazoo.engine.resume import SavedRun, identity, normal
 from metazoo.engine.resume import record as record_resume
 from metazoo.engine.run import CHECKPOINT, CONFIG, resolve_device, write_json
-from metazoo.engine.stopping import Interrupted, deadline, signal_name, stop_after_step
+from metazoo.engine.stopping import (
+    deadline,
+    stop_after_step,
+    stopped_after,
+)
 from metazoo.errors import CheckpointError, TrainingError
 from metazoo.rl.base import MetaRLAlgorithm
 
@@ -153,10 +157,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                 if saved_now or stop.signum:
                     save(done)
                 if stop.signum:
-                    raise Interrupted(stop.signum, (
-                        f"{signal_name(stop.signum)}: stopped after step {done}; checkpoint "
-                        f"saved in '{run_dir}'; continue with metazoo train --out {run_dir} "
-                        "--resume"))
+                    raise stopped_after(stop.signum, done, run_dir)
                 if out_of_time:
                     output.info(f"train.time_limit_min={t.time_limit_min} reached after "
                                 f"{done} steps")

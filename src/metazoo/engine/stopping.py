@@ -78,3 +78,10 @@ def deadline(minutes: float | None, clock: str = "wall") -> Callable[[], bool]:
     now = time.process_time if clock == "cpu" else time.perf_counter
     end = now() + 60 * minutes
     return lambda: now() > end
+
+
+def stopped_after(signum: int, step: int, run_dir: object) -> Interrupted:
+    """What a training loop raises when a signal asked it to stop after `step`."""
+    return Interrupted(signum, f"{signal_name(signum)}: stopped after step {step}; checkpoint "
+                               f"saved in '{run_dir}'; continue with metazoo train --out "
+                               f"{run_dir} --resume")

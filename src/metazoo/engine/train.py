@@ -41,7 +41,13 @@ from metazoo.engine.run import (
     task_source,
     write_json,
 )
-from metazoo.engine.stopping import Interrupted, deadline, signal_name, stop_after_step
+from metazoo.engine.stopping import (
+    Interrupted,
+    deadline,
+    signal_name,
+    stop_after_step,
+    stopped_after,
+)
 from metazoo.errors import CheckpointError, MetazooError, TrainingError
 from metazoo.models.pretrained import FILE as PRETRAINED
 from metazoo.tasks import TaskSource
@@ -349,10 +355,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                 if stop.signum:
                     if not checkpointed:
                         save(done)
-                    raise Interrupted(stop.signum, (
-                        f"{signal_name(stop.signum)}: stopped after step {done}; checkpoint "
-                        f"saved in '{run_dir}'; continue with metazoo train --out {run_dir} "
-                        "--resume"))
+                    raise stopped_after(stop.signum, done, run_dir)
                 if out_of_time:
                     output.info(f"train.time_limit_min={t.time_limit_min} ({t.time_clock} "
                                 f"clock) reached after {done} steps")
