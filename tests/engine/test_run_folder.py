@@ -211,13 +211,13 @@ def _interrupt_at(monkeypatch, call: int, how: str) -> None:
     """Make the `call`-th meta-step (0-based) raise KeyboardInterrupt or send SIGINT to us."""
     real, calls = batching.meta_backward, [0]
 
-    def hooked(alg, batch):
+    def hooked(alg, batch, *args, **kwargs):
         calls[0] += 1
         if calls[0] == call + 1:
             if how == "raise":
                 raise KeyboardInterrupt
             signal.raise_signal(signal.SIGINT)  # stops after this step
-        return real(alg, batch)
+        return real(alg, batch, *args, **kwargs)
 
     monkeypatch.setattr(batching, "meta_backward", hooked)
 
