@@ -140,7 +140,7 @@ def test_eval_prints_what_evaluate_run_returns(capsys, tmp_path, monkeypatch):
                    f"written: {tmp_path / 'results.json'}"]
     assert seen == {"run_dir": str(tmp_path), "episodes": 3, "split": "val", "ways": 2,
                     "shots": None, "queries": None, "data_root": "/d",
-                    "options": ["algorithm.x=1"]}
+                    "options": ["algorithm.x=1"], "device": None}
 
 
 def test_data_check_reports_found_and_missing_files_with_the_layout(tmp_path, capsys):

@@ -19,15 +19,7 @@ from metazoo.rl.policy_gradient import (
     vector_env,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are small, so a second thread only adds waiting (the
-    learning test is sized for one core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: sized for one core
 
 
 def make_maml_rl(family, **options):

@@ -14,14 +14,7 @@ from metazoo.rl.policy_gradient import surrogate_loss
 from metazoo.rl.trpo import fisher_vector_product, trpo_step
 from metazoo.solvers import conjugate_gradient
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are small, so a second thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: sized for one core
 
 
 def test_conjugate_gradient_solves_a_small_spd_system_given_as_parameter_dicts():

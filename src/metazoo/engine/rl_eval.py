@@ -102,8 +102,11 @@ def evaluate_tasks(cfg: RunConfig, alg: MetaRLAlgorithm, family: TaskFamily) -> 
 def lines(result: dict[str, Any]) -> list[str]:
     """The terminal lines of a result: the learner's metrics, then each baseline's."""
     def show(stats: dict[str, dict[str, float]]) -> str:
+        points = {m.group(1) for k in stats if (m := CURVE.match(k))}
+        long = {p for p in points if sum(bool(CURVE.match(k)) and k.startswith(f"{p}_after_")
+                                         for k in stats) > 5}  # shown by `metazoo plot`
         return ", ".join(f"{k} {s['mean']:.4f} ± {s['ci95']:.4f}" for k, s in stats.items()
-                         if not CURVE.match(k))
+                         if not ((m := CURVE.match(k)) and m.group(1) in long))
 
     head = (f"{result['split']} ({result['tasks']} tasks of {result['family']}): "
             f"{show(result['metrics'])}")
