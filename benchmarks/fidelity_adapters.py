@@ -1,0 +1,172 @@
+"""The peers' side of `fidelity_vs_peers.py`: thin adapters from a metazoo `TaskBatch` to the
+peer libraries' own training and test calls (learn2learn 0.2.0, easyfsl 1.5.0), nothing else.
+
+Each side is an object with `train_step(batch) -> loss` (zero the gradients, the meta-loss of
+one meta-batch, backward, one optimiser step) and `accuracies(batch) -> [B]` (per-episode query
+accuracy after the side's own test-time adaptation). The peers' code stays in the peers' venv
+(`../shared/bench/peers/install_peers.sh`); here it is only called.
+
+The peer network is a torch.nn Conv-4 laid out exactly as metazoo's (conv 3x3 64 -> batch norm
+-> ReLU -> max-pool 2, four times; + Linear(64, N) for the gradient family), with torch's
+`BatchNorm2d(track_running_stats=False)` (batch statistics, as metazoo's), and metazoo's initial
+weights copied in (same parameter order). learn2learn's own `vision.models.OmniglotCNN` is NOT
+that network (stride-2 convolutions instead of max-pooling, running-statistics batch norm), so
+it is not used: its weights could not be shared.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "bench" / "peers"  # peers_compat: torchvision import shim
+GRADIENT_FAMILY = {"maml": "MAML", "fomaml": "MAML", "meta_sgd": "MetaSGD", "anil": "MAML"}
+METRIC_FAMILY = {"protonet": "PrototypicalNetworks", "matching": "MatchingNetworks",
+                 "relation": "RelationNetworks"}
+
+
+def _peers_compat():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, os.environ.get("METAZOO_PEERS", str(PEERS)))
+    import peers_compat
+
+    return peers_compat
+
+
+def peer_conv4(head_ways: int | None) -> nn.Sequential:
+    """metazoo's Conv-4 (and head) in plain torch.nn, batch statistics only."""
+    layers: list[nn.Module] = []
+    for c in (1, 64, 64, 64):
+        layers += [nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+    layers.append(nn.Flatten())
+    if head_ways is not None:
+        layers.append(nn.Linear(64, head_ways))
+    return nn.Sequential(*layers)
+
+
+def network_params(ours: nn.Module) -> list[Tensor]:
+    """metazoo's backbone and head parameters, in order (not Meta-SGD's rates, not extras)."""
+    return [p for n, p in ours.named_parameters() if n.split(".")[0] in ("backbone", "head")]
+
+
+def copy_weights(source: list[Tensor], target: nn.Module) -> None:
+    """Copy `source` (metazoo's parameters, in order) into `target`'s parameters, in order;
+    `source` may be longer (a head the peer builds itself): its leading part is copied."""
+    params = list(target.parameters())
+    source = source[:len(params)]
+    if [tuple(p.shape) for p in params] != [tuple(s.shape) for s in source]:
+        raise ValueError("the peer network's parameters do not line up with metazoo's")
+    with torch.no_grad():
+        for p, s in zip(params, source, strict=True):
+            p.copy_(s.detach())
+
+
+def episodes(batch) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:  # type: ignore[no-untyped-def]
+    """The adapter proper: a `TaskBatch` as the per-episode NCHW tensors the peers take."""
+    return [(batch.support_x[i].contiguous(), batch.support_y[i], batch.query_x[i].contiguous(),
+             batch.query_y[i]) for i in range(len(batch))]
+
+
+class L2LGradient:
+    """learn2learn's MAML / MetaSGD wrapper (ANIL: MAML over the head only, as its ANIL example)."""
+
+    def __init__(self, method: str, ours: nn.Module, cfg) -> None:  # type: ignore[no-untyped-def]
+        l2l = _peers_compat().import_learn2learn()
+        a = cfg.algorithm.config
+        net = peer_conv4(cfg.data.ways)
+        copy_weights(network_params(ours), net)
+        fo = bool(getattr(a, "first_order", False)) or method == "fomaml"
+        wrap = l2l.algorithms.MetaSGD if method == "meta_sgd" else l2l.algorithms.MAML
+        if method == "anil":
+            self.features: nn.Module | None = net[:-1]
+            self.learner = wrap(net[-1], lr=a.inner_lr, first_order=fo)
+        else:
+            self.features = None
+            self.learner = wrap(net, lr=a.inner_lr, first_order=fo)
+        self.steps, self.eval_steps = a.inner_steps, a.eval_inner_steps or a.inner_steps
+        params = list(self.learner.parameters())
+        if self.features is not None:
+            params += list(self.features.parameters())
+        self.opt = torch.optim.Adam(params, lr=cfg.train.outer_lr)
+
+    def _adapted(self, sx: Tensor, sy: Tensor, steps: int) -> nn.Module:
+        clone = self.learner.clone()
+        for _ in range(steps):
+            clone.adapt(F.cross_entropy(clone(sx), sy))
+        return clone
+
+    def _feat(self, x: Tensor) -> Tensor:
+        return x if self.features is None else self.features(x)
+
+    def train_step(self, batch) -> float:  # type: ignore[no-untyped-def]
+        self.opt.zero_grad(set_to_none=True)
+        eps, total = episodes(batch), 0.0
+        for sx, sy, qx, qy in eps:
+            clone = self._adapted(self._feat(sx), sy, self.steps)
+            loss = F.cross_entropy(clone(self._feat(qx)), qy) / len(eps)
+            loss.backward()
+            total += float(loss)
+        self.opt.step()
+        return total
+
+    def accuracies(self, batch) -> Tensor:  # type: ignore[no-untyped-def]
+        out = []
+        for sx, sy, qx, qy in episodes(batch):
+            clone = self._adapted(self._feat(sx), sy, self.eval_steps)
+            with torch.no_grad():
+                out.append((clone(self._feat(qx)).argmax(-1) == qy).float().mean())
+        return torch.stack(out)
+
+
+class EasyFSLMetric:
+    """easyfsl's few-shot classifiers: `process_support_set(xs, ys)` then `forward(xq)`."""
+
+    def __init__(self, method: str, ours: nn.Module, cfg) -> None:  # type: ignore[no-untyped-def]
+        _peers_compat().import_torchvision()
+        import easyfsl.methods as methods
+
+        backbone = peer_conv4(None)
+        theirs = getattr(methods, METRIC_FAMILY[method])
+        copy_weights(network_params(ours), backbone)  # Matching/Relation: their own extra modules
+        self.model = (theirs(backbone) if method == "protonet"
+                      else theirs(backbone, feature_dimension=64))
+        t = cfg.train
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=t.outer_lr)
+        gamma = t.lr_gamma if t.schedule == "step" else 1.0
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, max(t.lr_step_every, 1), gamma)
+
+    def train_step(self, batch) -> float:  # type: ignore[no-untyped-def]
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        eps, total = episodes(batch), 0.0
+        for sx, sy, qx, qy in eps:
+            self.model.process_support_set(sx, sy)
+            loss = F.cross_entropy(self.model(qx), qy) / len(eps)
+            loss.backward()
+            total += float(loss)
+        self.opt.step()
+        self.sched.step()
+        return total
+
+    def accuracies(self, batch) -> Tensor:  # type: ignore[no-untyped-def]
+        out = []
+        with torch.no_grad():
+            for sx, sy, qx, qy in episodes(batch):
+                self.model.process_support_set(sx, sy)
+                out.append((self.model(qx).argmax(-1) == qy).float().mean())
+        return torch.stack(out)
+
+
+def build_peer(method: str, ours: nn.Module, cfg):  # type: ignore[no-untyped-def]
+    if method in GRADIENT_FAMILY:
+        return L2LGradient(method, ours, cfg)
+    if method in METRIC_FAMILY:
+        return EasyFSLMetric(method, ours, cfg)
+    raise SystemExit(f"no peer adapter for '{method}' (have: "
+                     f"{', '.join([*GRADIENT_FAMILY, *METRIC_FAMILY])})")
