@@ -70,8 +70,7 @@ class TrainConfig:
     # the same budget however loaded the machine is)
     checkpoint_every: int = 500  # steps between checkpoints (also written at each validation)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
-    # training steps under autocast: bf16 (cuda, or cpu), fp16 (cuda; loss scaling)
-    precision: Literal["float32", "bf16", "fp16"] = "float32"
+    precision: Literal["float32", "bf16", "fp16"] = "float32"  # autocast: bf16, fp16 (cuda)
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     progress: bool = True  # a progress bar on a terminal; piped, a line per log_every steps
 

@@ -123,9 +123,8 @@ class DEML(Algorithm):
         loss, metrics = batching.mean_task_loss(self, batch)
         if self.config.concept_weight == 0:
             return loss, metrics
-        ce, acc = self.concept_loss(batch)
-        return loss + self.config.concept_weight * ce, {**metrics, "concept_loss": ce.detach(),
-                                                        "concept_acc": acc}
+        # D's loss joins the value logged; the log's columns are fixed (engine/log.py)
+        return loss + self.config.concept_weight * self.concept_loss(batch)[0], metrics
 
     def concept_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """D's cross-entropy and accuracy over every support and query image of `batch`."""

@@ -39,7 +39,7 @@ from metazoo.tasks import TaskBatch
 
 Metrics = dict[str, Tensor]
 
-TASK_MEANS = frozenset({"deml", "mtl", "reptile"})
+TASK_MEANS: set[str] = {"deml", "mtl", "reptile"}
 """Algorithms that override `meta_loss` with a mean over tasks (with the configs that
 `unsplittable` lets through), so a share's loss weighted by its size is exact: DEML's
 discriminator loss averages over images, every task having as many; MTL without hard tasks is

@@ -90,16 +90,17 @@ def evaluate(algorithm: Algorithm, source: TaskSource, *, episodes: int, batch_s
     batches, the per-episode values are gathered in episode order)."""
     was_training = algorithm.training
     algorithm.eval()
-    scores = Scores()
+    scores, share = Scores(), episode_share(episodes, batch_size, world)
     truth = getattr(source, "truth", None)
     start = time.perf_counter()
     grad = contextlib.nullcontext() if algorithm.adapts_with_gradients else torch.no_grad()
     try:
         with grad:
-            bar = tqdm(total=episodes, desc=f"{split} episodes", unit="episode", leave=False,
-                       disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
+            bar = tqdm(total=sum(n for _, n in share), desc=f"{split} episodes", unit="episode",
+                       leave=False, disable=not (progress and sys.stderr.isatty()),
+                       dynamic_ncols=True)
             with bar:
-                for index, size in episode_share(episodes, batch_size, world):
+                for index, size in share:
                     b = source.batch(index, size).to(device)
                     out = algorithm.predict(b.support_x, b.support_y, b.query_x, ways=b.ways)
                     scores.add(algorithm, b, out.detach(), truth, index * size)
