@@ -31,6 +31,8 @@ from metazoo.algorithms import (  # noqa: F401  (imported to register)
     matching,
     meta_lstm,
     meta_sgd,
+    metagan_maml,
+    metagan_relation,
     metaoptnet_svm,
     mtl,
     platipus,
