@@ -76,6 +76,15 @@ class TaskGenerator(nn.Module):
         return torch.sigmoid(x[:, :, :h, :w])
 
 
+def generator_for(backbone: nn.Module, config: GANConfig) -> TaskGenerator | None:
+    """The task-conditioned generator of a MetaGAN learner on `backbone`; None with
+    `fake_weight` 0 (the base method, exactly)."""
+    if config.fake_weight == 0:
+        return None
+    return TaskGenerator(tuple(getattr(backbone, "input_shape", ())), config.noise_dim,
+                         config.generator_hidden)
+
+
 def draw_fakes(generator: TaskGenerator, support_x: Tensor, count: int, *, tag: str, seed: int,
                step: int) -> Tensor:
     """`count` fakes for the task of `support_x`; z from a generator of (tag, seed, step, the

@@ -33,9 +33,9 @@ from metazoo.functional import SECOND_ORDER_LAYOUT, call, strip_prefix
 from metazoo.inner_loop import sgd_steps
 from metazoo.metagan import (
     GANConfig,
-    TaskGenerator,
     draw_fakes,
     feature_matching,
+    generator_for,
     real_fake_loss,
     supervised_loss,
 )
@@ -66,8 +66,7 @@ class MetaGANMAML(MAML):
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
         self.head = nn.Linear(int(backbone.feature_dim), ways + 1)  # type: ignore[arg-type]
-        self.generator = None if cfg.fake_weight == 0 else TaskGenerator(
-            tuple(getattr(backbone, "input_shape", ())), cfg.noise_dim, cfg.generator_hidden)
+        self.generator = generator_for(backbone, cfg)
         self.step = 0  # meta-iteration, set by begin_step: seeds the training draws
 
     def begin_step(self, step: int, total: int) -> None:

@@ -31,7 +31,7 @@ from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.registry import register
 from metazoo.algorithms.relation import RelationConfig, RelationNet, class_maps
 from metazoo.functional import call
-from metazoo.metagan import GANConfig, TaskGenerator, draw_fakes, feature_matching, real_fake_loss
+from metazoo.metagan import GANConfig, draw_fakes, feature_matching, generator_for, real_fake_loss
 from metazoo.metrics import accuracy
 
 
@@ -61,8 +61,7 @@ class MetaGANRelation(RelationNet):
     def __init__(self, backbone: nn.Module, config: AlgorithmConfig, *, ways: int) -> None:
         super().__init__(backbone, config, ways=ways)
         cfg = self.config
-        self.generator = None if cfg.fake_weight == 0 else TaskGenerator(
-            tuple(getattr(backbone, "input_shape", ())), cfg.noise_dim, cfg.generator_hidden)
+        self.generator = generator_for(backbone, cfg)
         self.step = 0  # meta-iteration, set by begin_step: seeds the training draws
 
     def begin_step(self, step: int, total: int) -> None:
