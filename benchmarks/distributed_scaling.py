@@ -3,7 +3,7 @@
 
 The `maml-omniglot-5w1s` preset's meta-iteration (conv4, 5-way 1-shot, 1 query, meta-batch 32,
 one second-order inner step, Adam) on synthetic 1x28x28 episodes, as the trainer runs it:
-`distributed.meta_backward` (each process its share of the 32 tasks, one gloo all-reduce of the
+`sharding.meta_backward` (each process its share of the 32 tasks, one gloo all-reduce of the
 gradients on 127.0.0.1) then the optimiser step. Layouts compared on the same cores: 1 process
 with `--cores` intra-op threads (the task strategy "auto" picks), `--cores` processes with one
 thread each, and 1 process with one thread (the per-process baseline). Each layout starts its
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from metazoo import batching
 from metazoo.allocator import tune_allocator
 from metazoo.config_files import load_config
-from metazoo.engine import distributed
+from metazoo.engine import distributed, sharding
 from metazoo.engine.precision import Precision
 from metazoo.engine.run import build_algorithm
 from metazoo.tasks import TaskBatch
@@ -72,7 +72,7 @@ def _worker(rank: int, size: int, threads: int, port: int, args: argparse.Namesp
         for i in range(args.iters + 1):  # the first is a warm-up
             start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            distributed.meta_backward(alg, batch, world, amp)
+            sharding.meta_backward(alg, batch, world, amp)
             amp.step()
             if i:
                 steps.append(time.perf_counter() - start)

@@ -132,8 +132,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.preset, args.config, args.set)
         origin = run_origin(args.preset, args.config, args.set)  # provenance.json: paper, commit
     train(cfg, out, resume=args.resume, origin=origin)
-    print(f"run folder: {out}")
+    _said_once(f"run folder: {out}")
     return 0
+
+
+def _said_once(*lines: str) -> None:
+    """Result lines, from process 0 alone under torchrun."""
+    from metazoo.engine.distributed import from_env
+
+    if from_env().writes:
+        for line in lines:
+            output.result(line)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -186,8 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                 ways=args.ways, shots=args.shots, queries=args.queries,
                                 data_root=args.data_root, options=args.set,
                                 device=args.device)
-    print(result.line())
-    print(f"written: {path}")
+    _said_once(result.line(), f"written: {path}")
     return 0
 
 

@@ -56,6 +56,11 @@ def info(line: str) -> None:
     logger.info(line)
 
 
+def warning(line: str) -> None:
+    _ready()
+    logger.warning(line)
+
+
 def result(line: str) -> None:
     _ready()
     logger.log(RESULT, line)

@@ -1,6 +1,6 @@
 """Data-parallel meta-training (`engine.distributed`): 2 gloo processes on 127.0.0.1 reach the
-numbers of one process; what cannot be split exactly is refused; bad devices and precisions are
-one-line errors."""
+numbers of one process, whether they split the meta-batch or (where a split is not exact) each run
+all of it; bad devices and precisions are one-line errors."""
 
 import contextlib
 import json
@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from metazoo import algorithms, models
 from metazoo.cli import main
 from metazoo.config_files import load_config
-from metazoo.engine import checkpoint, distributed
+from metazoo.engine import checkpoint, distributed, sharding
 from metazoo.engine.distributed import World, episode_share
 from metazoo.engine.evaluate import evaluate_run
 from metazoo.engine.log import read
@@ -39,6 +39,13 @@ CASES = {
                 "model.widths=[16]",
                 "train.optimizer=sgd", "train.outer_lr=1.0", "algorithm.inner_steps=2",
                 "algorithm.eval_inner_steps=2"],
+    # not splittable exactly: each process runs the whole meta-batch
+    "reptile_carry": ["algorithm.name=reptile", "algorithm.inner_adam_state=carry",
+                      "model.name=mlp", "model.widths=[16]", "train.optimizer=sgd",
+                      "train.outer_lr=1.0", "algorithm.inner_steps=2",
+                      "algorithm.eval_inner_steps=2"],
+    "maml_one_task": ["algorithm.name=maml", "model.name=mlp", "model.widths=[16]",
+                      "train.meta_batch_size=1"],
 }
 
 
@@ -150,14 +157,18 @@ def _alg(name, **options):
     return algorithms.build(name, backbone, ways=3, **options)
 
 
-def test_what_cannot_be_split_exactly_is_refused():
+def test_what_cannot_be_split_exactly_says_why_and_runs_whole(capsys, caplog):
     two = World(0, 2)
-    carry = distributed.unsplittable(_alg("reptile"), 4, two)
+    carry = sharding.unsplittable(_alg("reptile"), 4, two)
     assert carry is not None and "inner_adam_state=reset" in carry and "\n" not in carry
-    assert distributed.unsplittable(_alg("reptile", inner_adam_state="reset"), 4, two) is None
-    assert distributed.unsplittable(_alg("reptile"), 4, World()) is None  # one process: all
-    assert "meta_batch_size=1" in (distributed.unsplittable(_alg("maml"), 1, two) or "")
-    assert distributed.unsplittable(_alg("maml"), 3, two) is None  # shares of 1 and 2 tasks
+    assert sharding.unsplittable(_alg("reptile", inner_adam_state="reset"), 4, two) is None
+    assert sharding.unsplittable(_alg("reptile"), 4, World()) is None  # one process: all
+    assert "meta_batch_size=1" in (sharding.unsplittable(_alg("maml"), 1, two) or "")
+    assert sharding.unsplittable(_alg("maml"), 3, two) is None  # shares of 1 and 2 tasks
+    assert sharding.announce(_alg("reptile"), 4, two)
+    said = capsys.readouterr().out + caplog.text  # stdout once the CLI configured the logger
+    assert "every process runs the whole meta-batch" in said
+    assert not sharding.announce(_alg("maml"), 4, two)
 
 
 def test_a_share_of_a_reptile_batch_draws_the_inner_orders_of_its_positions():
@@ -168,7 +179,7 @@ def test_a_share_of_a_reptile_batch_draws_the_inner_orders_of_its_positions():
     whole = [p.grad.clone() for p in alg.parameters()]
     alg.zero_grad()
     for part in (range(0, 1), range(1, 4)):
-        share = distributed.shard_batch(batch, part)
+        share = sharding.shard_batch(batch, part)
         part_loss, _ = alg.meta_loss(share)
         (part_loss * len(part) / 4).backward()
     for g, p in zip(whole, alg.parameters(), strict=True):
@@ -182,7 +193,7 @@ def test_bf16_autocast_keeps_float32_meta_gradients_close_to_float32():
     grads = {}
     for name in ("float32", "bf16"):
         alg.zero_grad()
-        distributed.meta_backward(alg, batch, distributed.SINGLE,
+        sharding.meta_backward(alg, batch, distributed.SINGLE,
                                   Precision(name, torch.device("cpu"), opt))
         grads[name] = torch.cat([p.grad.reshape(-1) for p in alg.parameters()])
     assert grads["bf16"].dtype == torch.float32

@@ -24,7 +24,7 @@ from metazoo import atomic, batching, output
 from metazoo.algorithms.base import Algorithm
 from metazoo.allocator import tune_allocator
 from metazoo.config import RunConfig, TrainConfig
-from metazoo.engine import checkpoint, distributed, lock, provenance
+from metazoo.engine import checkpoint, distributed, lock, provenance, sharding
 from metazoo.engine.evaluate import EvalResult, batch_norm_mode, evaluate
 from metazoo.engine.log import MetricsLog
 from metazoo.engine.offset_eval import stream_source, validate_stream
@@ -215,7 +215,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
     alg = build_algorithm(cfg, shape).to(device)
     opt = make_optimizer(alg, cfg.train)
     amp = Precision(cfg.train.precision, device, opt)  # autocast, float16's loss scale
-    distributed.check(alg, cfg.train.meta_batch_size, world)  # a split meta-batch is exact
+    replicate = sharding.announce(alg, cfg.train.meta_batch_size, world)  # else split
     window: dict[str, Any] = {}
     if state is not None:
         tensors, meta = state
@@ -289,7 +289,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                 opt.zero_grad(set_to_none=True)
                 alg.begin_step(step, t.meta_steps)  # schedules inside the algorithm (MAML++)
                 # the strategy measured fastest, on this process's share of the tasks
-                loss, metrics = distributed.meta_backward(alg, batch, world, amp)
+                loss, metrics = sharding.meta_backward(alg, batch, world, amp, replicate)
                 if not math.isfinite(float(loss.detach())):
                     raise TrainingError(_diverged(run_dir, step + 1, "the meta-loss is "
                                                   f"{float(loss.detach())}"))
