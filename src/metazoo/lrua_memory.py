@@ -13,9 +13,11 @@ memory `M` `[..., slots, size]`, usage `w^u` `[..., slots]`, read weights `w^r`
     K(k, M(i)) = k . M(i) / (|k| |M(i)|),  w^r_t = softmax_i K,  r_t = sum_i w^r_t(i) M_t(i)
                                                                                    (Eq. 2-4)
     w^u_t = gamma w^u_{t-1} + sum_heads w^r_t + sum_heads w^w_t                    (Eq. 5)
-The same key k_t reads and writes (Eq. 8 writes the key). The memory starts at a small constant
-(1e-6, as the reference re-implementations; cosine similarity is undefined for zero rows),
-usage and weights at zero; `initial_state` makes a fresh one, which a caller does per episode.
+The same key k_t reads and writes (Eq. 8 writes the key); `step(..., values=a_t)` writes a
+separate add vector instead, as NTM-style re-implementations do (reads still use k_t). The
+memory starts at a small constant (1e-6, as the reference re-implementations; cosine similarity
+is undefined for zero rows), usage and weights at zero; `initial_state` makes a fresh one,
+which a caller does per episode.
 """
 
 from __future__ import annotations
@@ -94,10 +96,13 @@ def usage_update(usage: Tensor, read_weights: Tensor, write_weights: Tensor,
     return gamma * usage + read_weights.sum(-2) + write_weights.sum(-2)
 
 
-def step(state: MemoryState, keys: Tensor, gates: Tensor, gamma: float) -> MemoryState:
-    """One time step: write `keys` `[..., heads, size]` (Eq. 6-8), read with them from the new
-    memory (Eq. 2-4), update the usage (Eq. 5)."""
-    memory, write_weights = write(state.memory, keys, gates, state.read_weights, state.usage)
+def step(state: MemoryState, keys: Tensor, gates: Tensor, gamma: float,
+         values: Tensor | None = None) -> MemoryState:
+    """One time step: write `keys` `[..., heads, size]` (or `values` of that shape, when
+    given) (Eq. 6-8), read with the keys from the new memory (Eq. 2-4), update the usage
+    (Eq. 5)."""
+    written = keys if values is None else values
+    memory, write_weights = write(state.memory, written, gates, state.read_weights, state.usage)
     read_weights, reads = read(keys, memory)
     return MemoryState(memory, usage_update(state.usage, read_weights, write_weights, gamma),
                        read_weights, reads)

@@ -69,6 +69,30 @@ def test_step_writes_then_reads_the_new_memory():
     torch.testing.assert_close(new.reads, new.read_weights @ new.memory)
 
 
+def test_step_with_add_vectors_writes_them_and_reads_with_the_keys():
+    state = lrua_memory.initial_state((), 6, 3, 2, like=torch.zeros((), dtype=torch.float64))
+    keys = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    values = torch.tensor([[0.0, 0.0, 2.0], [4.0, 0.0, 0.0]], dtype=torch.float64)
+    gates = torch.zeros(2, dtype=torch.float64)
+    new = lrua_memory.step(state, keys, gates, 0.95, values)
+    torch.testing.assert_close(new.memory[0], 0.5 * values[0])  # slot 0 was zeroed: a_t alone
+    torch.testing.assert_close(new.memory[1], state.memory[1] + 0.5 * values[1])
+    expected_w, expected_r = lrua_memory.read(keys, new.memory)  # addressed by the keys
+    torch.testing.assert_close(new.read_weights, expected_w)
+    torch.testing.assert_close(new.reads, expected_r)
+    same = lrua_memory.step(state, keys, gates, 0.95, keys)  # a_t = k_t: the paper's Eq. 8
+    for a, b in zip(same, lrua_memory.step(state, keys, gates, 0.95), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_mann_write_add_has_its_own_add_vectors():
+    key, add = _mann(), _mann(write="add")
+    assert key.add is None and add.add is not None
+    assert add.add.weight.shape == key.key.weight.shape  # one a_t per head, as k_t
+    base = {n: p for n, p in key.named_parameters()}
+    assert {n for n, _ in add.named_parameters()} - set(base) == {"add.weight", "add.bias"}
+
+
 def _mann(**kw):
     torch.manual_seed(0)
     return algorithms.build("mann", models.build("mlp", input_shape=(4,), hidden=()), ways=3,
@@ -143,8 +167,9 @@ def test_memory_state_is_a_named_tuple_of_tensors():
 
 
 @pytest.mark.slow
-def test_mann_learns_separable_classes():
+@pytest.mark.parametrize("write", ["key", "add"])
+def test_mann_learns_separable_classes(write):
     torch.manual_seed(0)
-    alg = algorithms.build("mann", models.build("conv4", hidden=16), ways=5)
+    alg = algorithms.build("mann", models.build("conv4", hidden=16), ways=5, write=write)
     before, after = accuracy_before_after(alg, *separable_episodes(), steps=300)
     assert after >= 0.27 and after > before + 0.05, (before, after)

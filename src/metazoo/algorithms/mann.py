@@ -17,16 +17,18 @@ Labels: the paper's offset stream (`presentation: offset_labels`, step t carries
 step scored; `metazoo eval RUN --protocol offset_labels` reports accuracy by presentation
 number as Table 1) or support steps with their own labels then the query (`support_query`).
 Deviations: alpha is emitted by the controller per head, tanh on keys (the paper leaves both
-open; as the reference re-implementations); head j writes to the j-th least used slot, so the
-heads share the n least used slots of Eq. 6 one each; each query runs as its own continuation
-of the support's state (exact, batched), so queries never see each other; batch norm (if the
-backbone has it) takes statistics from the support rows.
+open; as the reference re-implementations); `write: add` writes a separate tanh add vector a_t
+where Eq. 8 writes the key (NTM-style re-implementations; reads keep k_t); head j writes to
+the j-th least used slot, so the heads share the n least used slots of Eq. 6 one each; each
+query runs as its own continuation of the support's state (exact, batched), so queries never
+see each other; batch norm (if the backbone has it) takes statistics from the support rows.
 Presets: mann-omniglot-5w (offset labels, Table 1), mann-omniglot-5w1s, mann-glyphs-5w1s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +50,8 @@ class MANNConfig(AlgorithmConfig):
     read_heads: int = 4  # read heads; also the n least used slots written (Eq. 6)
     gamma: float = 0.95  # usage decay of Eq. 5 (reference re-implementations' value)
     presentation: LabelPresentation = "support_query"  # or the paper's "offset_labels"
+    write: Literal["key", "add"] = "key"  # Eq. 8 writes the key k_t, or "add": a separate a_t
+
 
     def validate(self) -> None:
         for name in ("hidden", "memory_slots", "memory_size", "read_heads"):
@@ -79,6 +83,7 @@ class MANN(RecurrentSequenceAlgorithm):
         self.controller = nn.LSTMCell(dim + ways + reads, cfg.hidden)
         self.key = nn.Linear(cfg.hidden, reads)  # k_t per head (Eq. 2, 8)
         self.gate = nn.Linear(cfg.hidden, cfg.read_heads)  # alpha_t per head (Eq. 7)
+        self.add = nn.Linear(cfg.hidden, reads) if cfg.write == "add" else None  # a_t per head
         self.out = nn.Linear(cfg.hidden + reads, ways)  # classifier on [h_t; r_t]
 
     def initial_state(self, like: Tensor) -> State:
@@ -93,6 +98,8 @@ class MANN(RecurrentSequenceAlgorithm):
         """One time step for `B` sequences: `[B, D + N]` inputs -> `[B, N]` logits, new state."""
         h, c, memory = state
         h, c = lstm_step(self.controller, torch.cat([x, memory.reads.flatten(-2)], -1), h, c)
-        keys = torch.tanh(self.key(h)).unflatten(-1, (self.config.read_heads, -1))
-        memory = lrua_memory.step(memory, keys, self.gate(h), self.config.gamma)
+        heads = (self.config.read_heads, -1)
+        keys = torch.tanh(self.key(h)).unflatten(-1, heads)
+        values = None if self.add is None else torch.tanh(self.add(h)).unflatten(-1, heads)
+        memory = lrua_memory.step(memory, keys, self.gate(h), self.config.gamma, values)
         return self.out(torch.cat([h, memory.reads.flatten(-2)], -1)), (h, c, memory)
