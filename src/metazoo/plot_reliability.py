@@ -29,7 +29,7 @@ def plot_reliability(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metazoo.plots import save
+    from metazoo.figure_file import save
 
     path = run_dir / RESULTS
     try:

@@ -16,7 +16,7 @@ from metazoo.engine.log import read
 from metazoo.engine.rl_eval import curves
 from metazoo.engine.run import RESULTS
 from metazoo.errors import CheckpointError
-from metazoo.plots import save
+from metazoo.figure_file import save
 
 
 def plot_learning_curves(run_dir: Path) -> Path:

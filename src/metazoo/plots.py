@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from metazoo import atomic
 from metazoo.engine.log import read
 from metazoo.errors import CheckpointError
+from metazoo.figure_file import save
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -102,16 +102,6 @@ def _episodes(ways: int, shots: int, inner_steps: int | None) -> str:
     """`5-way 1-shot` (`, 3 inner steps`), or `10-shot` for regression (one "way")."""
     text = f"{shots}-shot" if ways == 1 else f"{ways}-way {shots}-shot"
     return text if inner_steps is None else f"{text}, {inner_steps} inner steps"
-
-
-def save(fig: Any, path: Path) -> Path:
-    """Write `fig` as PNG to `path` atomically (a reader never sees half a file), close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic.replacing(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
 
 
 def plot_presentations(run_dir: Path) -> Path:

@@ -1,6 +1,6 @@
 """The figure of `metazoo report --plot FILE`: each row's accuracy (or MSE) with its 95% CI,
 the paper's value beside it (with the paper's CI where it gives one). One panel per metric;
-matplotlib with the Agg backend, written atomically (`metazoo.plots.save`)."""
+matplotlib with the Agg backend, written atomically (`metazoo.figure_file.save`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def plot(rows: Sequence[Row], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metazoo.plots import save
+    from metazoo.figure_file import save
 
     panels = [m for m in ("accuracy", "mse") if any(r.metric == m for r in rows)]
     tall = max(sum(r.metric == m for r in rows) for m in panels)
