@@ -3,12 +3,18 @@
 from pathlib import Path
 
 from metazoo.cli import algorithm_table
+from metazoo.rl.catalog import rl_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_algorithm_table_equals_the_registry():
     assert algorithm_table() in (ROOT / "README.md").read_text(), (
+        "regenerate the table with `metazoo list --markdown`")
+
+
+def test_readme_meta_rl_table_equals_the_registry():
+    assert rl_table() in (ROOT / "README.md").read_text(), (
         "regenerate the table with `metazoo list --markdown`")
 
 

@@ -22,10 +22,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from metazoo import algorithms
     from metazoo.config_files import preset_names
     from metazoo.data import list_datasets
+    from metazoo.rl import catalog
 
     what = args.what
-    if args.markdown:
-        print(algorithm_table())
+    if args.markdown:  # the README's two tables
+        print(algorithm_table(), catalog.rl_table(), sep="\n\n")
         return 0
     if what == "options":
         return _list_options(args.name)
@@ -38,12 +39,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
         width = max(len(s.display) for s in specs)
         for name, s in zip(algorithms.names(), specs, strict=True):
             print(f"  {name:<12} {s.display:<{width}} {s.family:<11} {s.paper}")
+        print("meta-RL learners:", *catalog.learner_lines(), sep="\n")
     if what in ("all", "datasets"):
         print("datasets:")
         datasets = list_datasets()
         width = max(12, *(len(d.name) for d in datasets))
         for d in datasets:
             print(f"  {d.name:<{width}} {d.description}")
+    if what in ("all", "families"):
+        print("meta-RL task families:", *catalog.family_lines(), sep="\n")
     if what in ("all", "backbones"):
         from metazoo import models
 
@@ -262,7 +266,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         from metazoo.report_plot import plot
 
-        print(f"written: {plot(rows, Path(args.plot))}", file=sys.stderr)
+        drawn = [r for r in rows if isinstance(r, report.Row)]
+        if len(drawn) < len(rows):
+            print(f"--plot leaves out the {len(rows) - len(drawn)} meta-RL row(s); `metazoo plot "
+                  "RUN_DIR` draws a meta-RL run's curves", file=sys.stderr)
+        if drawn:
+            print(f"written: {plot(drawn, Path(args.plot))}", file=sys.stderr)
     return 0
 
 
@@ -285,13 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     from metazoo import __version__
 
     p.add_argument("--version", action="version", version=f"metazoo {__version__}")
-    ls = sub.add_parser("list", help="algorithms, datasets, backbones, presets; an algorithm's "
-                                     "or a config section's options")
+    ls = sub.add_parser("list", help="algorithms (meta-RL too), datasets, meta-RL task "
+                                     "families, backbones, presets; an algorithm's or a config "
+                                     "section's options")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=["all", "algorithms", "datasets", "backbones", "presets", "options"])
+                    choices=["all", "algorithms", "datasets", "families", "backbones", "presets",
+                             "options"])
     ls.add_argument("name", nargs="?", help="options: an algorithm (maml) or a section (train)")
     ls.add_argument("--markdown", action="store_true",
-                    help="print the README's algorithm table")
+                    help="print the README's algorithm tables (episodes, meta-RL)")
     ls.set_defaults(func=_cmd_list)
 
     da = sub.add_parser("data", help="check a dataset's files")

@@ -3,6 +3,7 @@
 One row per results file: the run's own test (`results.json`, written by `metazoo train`) and
 each `metazoo eval` of it (`results.<what>.json`, labelled with what differs); Santoro et al.'s
 offset-label results (`results.offset_labels.json`) are another protocol and are left out.
+A meta-RL run (`rl.family` set) gives `metazoo.report_rl.RLRow`s, a table of their own.
 Each row reads the run folder only: the method and data from `config.json`, the steps reached
 and the wall time from `metrics.csv` (training windows, the last validation and the test: the
 start-up before the first step is not counted), the commit and the paper's number from
@@ -27,6 +28,7 @@ from metazoo import paper
 from metazoo.engine import provenance
 from metazoo.engine.log import read as read_metrics
 from metazoo.errors import CheckpointError
+from metazoo.report_rl import RLRow, is_rl, rows_of
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def _results_files(run: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
-def run_rows(run: Path) -> list[Row]:
+def run_rows(run: Path) -> list[Row | RLRow]:
     """The rows of one run folder: its test, then each `metazoo eval` of it."""
     from metazoo import algorithms
 
@@ -153,10 +155,12 @@ def run_rows(run: Path) -> list[Row]:
     prov = provenance.read(run)
     files = _results_files(run)
     steps, train_s = _progress(run)
+    if is_rl(cfg):
+        return list(rows_of(run, cfg, prov, files, steps, train_s, _meta_steps(run, cfg)))
     name = cfg["algorithm"]["name"]
     display = algorithms.get(name).display if name in algorithms.names() else name
     entry, paper_from = _paper(cfg, prov)
-    rows = []
+    rows: list[Row | RLRow] = []
     for path, res in files:
         metric = res.get("metric")
         if metric not in ("accuracy", "mse") or not isinstance(res.get(metric), int | float):
@@ -181,7 +185,7 @@ def run_rows(run: Path) -> list[Row]:
     return rows
 
 
-def rows(runs: Sequence[str | Path]) -> list[Row]:
+def rows(runs: Sequence[str | Path]) -> list[Row | RLRow]:
     """The rows of every run folder, in the order given; one bad folder is a one-line
     `CheckpointError` naming it and what it lacks."""
     return [row for run in runs for row in run_rows(Path(run))]
