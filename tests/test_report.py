@@ -172,6 +172,16 @@ def test_paper_entry_layers_and_holds_for_its_setting_only(tmp_path):
     assert origin(None, None).paper is None
 
 
+def test_a_meta_rl_paper_entry_holds_for_its_family_and_options_only(tmp_path):
+    bandits = tmp_path / "bandits.yaml"
+    bandits.write_text("rl: {family: bandit, options: {arms: 5, episodes: 10}}\n"
+                       "algorithm: {name: rl2}\n" + PAPER_B)
+    assert origin(None, bandits).paper == {"accuracy": 66.6, "source": "B et al. 2002, Table 8"}
+    assert origin(None, bandits, ["train.meta_steps=3"]).paper is not None
+    for change in ("rl.options={arms: 10, episodes: 10}", "rl.options={arms: 5, episodes: 100}"):
+        assert origin(None, bandits, [change]).paper is None, change
+
+
 @pytest.mark.parametrize(("entry", "match"), [
     ('paper: {accuracy: high, source: "x"}', "paper.accuracy must be a finite number"),
     ('paper: {accuracy: 9, sauce: "x"}', "unknown key 'paper.sauce'"),

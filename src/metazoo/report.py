@@ -81,16 +81,20 @@ def _config(run: Path) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _setting(cfg: dict[str, Any]) -> tuple[str, str, int, int]:
-    return cfg["algorithm"]["name"], cfg["data"]["name"], cfg["eval"]["ways"], cfg["eval"]["shots"]
+def _setting(cfg: dict[str, Any]) -> provenance.Setting:
+    """`provenance.setting` of a run's config.json (older ones have no `rl` section)."""
+    rl = cfg.get("rl") or {}
+    return (cfg["algorithm"]["name"], cfg["data"]["name"], cfg["eval"]["ways"],
+            cfg["eval"]["shots"], rl.get("family"), json.dumps(rl.get("options") or {},
+                                                               sort_keys=True))
 
 
 @functools.cache
-def preset_papers() -> dict[tuple[str, str, int, int], list[tuple[str, dict[str, Any]]]]:
+def preset_papers() -> dict[provenance.Setting, list[tuple[str, dict[str, Any]]]]:
     """The bundled presets with a `paper:` entry, by the setting it is for."""
     from metazoo.config_files import from_dict, preset_dict, preset_names
 
-    found: dict[tuple[str, str, int, int], list[tuple[str, dict[str, Any]]]] = {}
+    found: dict[provenance.Setting, list[tuple[str, dict[str, Any]]]] = {}
     for name in preset_names():
         raw = preset_dict(name)
         if paper.KEY in raw:
@@ -169,7 +173,7 @@ def run_rows(run: Path) -> list[Row | RLRow]:
         scale = 100.0 if metric == "accuracy" else 1.0
         own = path.name == "results.json"
         same = (res.get("split") == "test" and not res.get("options")
-                and (res.get("ways"), res.get("shots")) == _setting(cfg)[2:])
+                and (res.get("ways"), res.get("shots")) == _setting(cfg)[2:4])
         seconds = float(res.get("seconds", 0.0))
         rows.append(Row(
             run=str(run), results=path.name, method=display if own else f"{display} ({what})",

@@ -33,9 +33,14 @@ class Origin:
     paper: dict[str, Any] | None = None  # the published number for this setting
 
 
-def setting(cfg: RunConfig) -> tuple[str, str, int, int]:
-    """What a paper's number is for: method, data, and the test episodes' ways and shots."""
-    return cfg.algorithm.name, cfg.data.name, cfg.eval.ways, cfg.eval.shots
+Setting = tuple[str, str, int, int, str | None, str]
+
+
+def setting(cfg: RunConfig) -> Setting:
+    """What a paper's number is for: method, data, the test episodes' ways and shots, and a
+    meta-RL run's task family and its options."""
+    return (cfg.algorithm.name, cfg.data.name, cfg.eval.ways, cfg.eval.shots, cfg.rl.family,
+            json.dumps(cfg.rl.options, sort_keys=True))
 
 
 def origin(preset: str | None, config_file: str | Path | None,
