@@ -7,11 +7,25 @@ them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from metazoo.allocator import tune_allocator
 from metazoo.errors import ConfigError, DataError, MetazooError, ShapeError
 from metazoo.tasks import EpisodeSampler, TaskBatch
 
+if TYPE_CHECKING:
+    from metazoo.trainer import Trainer
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`metazoo.Trainer`, imported when first used (it loads the engine and every algorithm)."""
+    if name == "Trainer":
+        from metazoo.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'metazoo' has no attribute '{name}'")
 
 __all__ = [
     "ConfigError",
@@ -20,6 +34,7 @@ __all__ = [
     "MetazooError",
     "ShapeError",
     "TaskBatch",
+    "Trainer",
     "__version__",
     "tune_allocator",
 ]

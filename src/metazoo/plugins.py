@@ -32,6 +32,11 @@ def import_plugins(modules: Iterable[str]) -> None:
     if modules and here not in sys.path and "" not in sys.path:
         sys.path.append(here)
     for name in modules:
+        if "=" in name:  # `backbone=NAME`: a part given to metazoo.Trainer (metazoo.parts)
+            from metazoo.parts import restore
+
+            restore(name)
+            continue
         if name == "__main__":
             raise ConfigError("the run uses a part registered in a script (__main__), which "
                               "cannot be imported again; move its registration into a module "

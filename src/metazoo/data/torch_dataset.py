@@ -107,6 +107,12 @@ def register_torch_dataset(name: str, splits: Mapping[str, LabelledImages],
     """Register `splits` (split name -> dataset) as metazoo dataset `name`; returns its spec."""
     from metazoo.data import DATASETS
 
+    return DATASETS.add(torch_dataset_spec(name, splits, description))
+
+
+def torch_dataset_spec(name: str, splits: Mapping[str, LabelledImages],
+                       description: str = "") -> DatasetSpec:
+    """The spec `register_torch_dataset` registers, unregistered (`metazoo.parts`)."""
     if not {"train", "val", "test"} <= set(splits):
         raise ConfigError(f"dataset '{name}' needs train, val and test splits, got "
                           f"{', '.join(splits) or 'none'}")
@@ -132,6 +138,5 @@ def register_torch_dataset(name: str, splits: Mapping[str, LabelledImages],
     train = splits["train"]
     kind: Literal["images", "features"] = (
         "features" if len(train) and is_feature_vector(train[0][0]) else "images")
-    spec = DatasetSpec(name, load, kind, tuple(splits),
+    return DatasetSpec(name, load, kind, tuple(splits),
                        description or f"a torch Dataset of {kind} registered in code", False)
-    return DATASETS.add(spec)

@@ -100,7 +100,8 @@ def _save_best(path: Path, alg: Algorithm, step: int, result: EvalResult,
 
 def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
           origin: provenance.Origin | None = None, test: bool = True,
-          on_validation: Callable[[int, EvalResult], None] | None = None) -> dict[str, Any]:
+          on_validation: Callable[[int, EvalResult], None] | None = None,
+          algorithm: Algorithm | None = None) -> dict[str, Any]:
     """Meta-train per `cfg` into `run_dir`, then evaluate on `cfg.eval.split`; returns results.
 
     The run holds `run_dir` for its life (`engine.lock`): another run there is refused. A start
@@ -113,7 +114,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
     `provenance.json` (`engine.provenance`). `test=False` (a tuner's trial) builds no test
     episodes and skips the final evaluation (no `results.json`): it returns `{"best_val": best
     validation mean}`. `on_validation(step, result)` is called after each validation and its
-    checkpoint; what it raises (a pruned trial) ends the run there.
+    checkpoint; what it raises (a pruned trial) ends the run there. `algorithm` (from
+    `metazoo.Trainer`) is trained as given instead of one built from `cfg`, which describes it.
     """
     tune_allocator()
     run_dir = Path(run_dir)
@@ -126,7 +128,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
 
                 world.require_single("meta-RL training")
                 return train_rl(cfg, run_dir, resume, claimed, origin)
-            return _train(cfg, run_dir, resume, claimed, origin, test, on_validation, world)
+            return _train(cfg, run_dir, resume, claimed, origin, test, on_validation, world,
+                          algorithm)
         except MetazooError as e:  # a run that started says in its folder why it stopped
             if claimed.started and world.writes:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -189,7 +192,8 @@ def _remove_debris(run_dir: Path) -> None:
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
            origin: provenance.Origin | None, test: bool = True,
            on_validation: Callable[[int, EvalResult], None] | None = None,
-           world: distributed.World = distributed.SINGLE) -> dict[str, Any]:
+           world: distributed.World = distributed.SINGLE,
+           algorithm: Algorithm | None = None) -> dict[str, Any]:
     start_step, best = 0, None
     state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     changed: dict[str, list[Any]] = {}
@@ -212,7 +216,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
     device = world.device  # train.device; under torchrun cuda:LOCAL_RANK
     train_src = task_source(cfg, "train", training=True)  # the train split, loaded once
     shape = tuple(state[1]["input_shape"]) if state else train_src.input_shape
-    alg = build_algorithm(cfg, shape).to(device)
+    alg = (build_algorithm(cfg, shape) if algorithm is None else algorithm).to(device)
     opt = make_optimizer(alg, cfg.train)
     amp = Precision(cfg.train.precision, device, opt)  # autocast, float16's loss scale
     replicate = sharding.announce(alg, cfg.train.meta_batch_size, world)  # else split
