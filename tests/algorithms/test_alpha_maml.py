@@ -142,6 +142,10 @@ def test_trainer_steps_with_the_adapted_outer_rate(tmp_path, synthetic_data, mon
     assert used[0] == 0.001 and len(set(used)) == 5  # beta_0 = outer_lr, then HD's
     assert math.isclose(used[-1], float(checkpoint.model_state(tensors)["outer_rate"]),
                         rel_tol=1e-6)
+    from metazoo.engine.log import read
+
+    logged = [float(r["lr"]) for r in read(tmp_path / "metrics.csv") if r["split"] == "train"]
+    assert logged == pytest.approx([used[1], used[3], used[4]], rel=1e-5)  # the rates used
 
 
 def test_bad_config_raises():

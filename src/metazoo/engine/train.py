@@ -303,6 +303,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                 if lr != scheduled:
                     for group in opt.param_groups:
                         group["lr"] = lr
+                used_lr = opt.param_groups[0]["lr"]  # the log's: the rate of this update
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(alg.parameters(), t.grad_clip)
                 amp.step()  # opt.step(); float16: skipped after an overflow
@@ -321,7 +322,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, claimed: lock.Claim,
                     secs = time.perf_counter() - window_start
                     means = {k: v / window_steps for k, v in sums.items()}
                     eps = window_steps * t.meta_batch_size / max(secs, 1e-9)
-                    log.write(done, "train", lr=opt.param_groups[0]["lr"], episodes_per_s=eps,
+                    log.write(done, "train", lr=used_lr, episodes_per_s=eps,
                               seconds=secs, **means)
                     bar.set_postfix({**{k: f"{v:.3f}" for k, v in means.items()},
                                      "eps/s": f"{eps:.1f}"})
