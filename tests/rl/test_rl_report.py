@@ -52,7 +52,8 @@ def test_list_families_says_which_need_mujoco(capsys):
 
 
 def test_the_mujoco_column_is_what_each_family_builds():
-    """`catalog.EXTRAS` is written by hand: each family's environment says whether it is right."""
+    """`register_family(..., extra=)` is written by hand: each family's environment says whether
+    it is right."""
     pytest.importorskip("mujoco")
     import numpy as np
 
@@ -61,7 +62,7 @@ def test_the_mujoco_column_is_what_each_family_builds():
         env = family.make_env(family.sample_tasks(1, np.random.default_rng(0))[0])
         uses_mujoco = type(env.unwrapped).__module__.startswith("gymnasium.envs.mujoco")
         env.close()
-        assert (catalog.extra(name) == "mujoco") == uses_mujoco, name
+        assert (base.family_spec(name).extra == "mujoco") == uses_mujoco, name
 
 
 def test_list_without_gymnasium_says_what_to_install(capsys, monkeypatch):

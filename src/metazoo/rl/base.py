@@ -100,16 +100,18 @@ class FamilySpec:
     name: str
     build: Callable[..., TaskFamily]
     description: str
+    extra: str = "rl"  # the pip extra its environments need: "rl" (gymnasium) or "mujoco"
 
 
 _FAMILIES: dict[str, FamilySpec] = {}
 
 
-def register_family(name: str, description: str) -> Callable[[Callable[..., TaskFamily]],
-                                                               Callable[..., TaskFamily]]:
-    """Class decorator: `@register_family("bandit", "...")` on a TaskFamily builder."""
+def register_family(name: str, description: str, extra: str = "rl"
+                    ) -> Callable[[Callable[..., TaskFamily]], Callable[..., TaskFamily]]:
+    """Class decorator: `@register_family("bandit", "...")` on a TaskFamily builder; `extra`
+    is the pip extra its environments need (`mujoco` for HalfCheetah)."""
     def wrap(build: Callable[..., TaskFamily]) -> Callable[..., TaskFamily]:
-        _FAMILIES[name] = FamilySpec(name, build, description)
+        _FAMILIES[name] = FamilySpec(name, build, description, extra)
         return build
     return wrap
 

@@ -1,18 +1,13 @@
 """What `metazoo list` shows of meta-RL: its learners and task families (with the pip extra each
-family needs), and `rl_table()`, the learners' Markdown table (as `cli.algorithm_table`).
+family needs, `register_family(..., extra=)`), and `rl_table()`, the learners' Markdown table (as
+`cli.algorithm_table`).
 Without gymnasium (the `rl` extra) the lines say how to install it instead of failing."""
 
 from __future__ import annotations
 
 from metazoo.rl import base
 
-EXTRAS = {"cheetah_vel": "mujoco", "cheetah_dir": "mujoco"}  # MuJoCo; the others need only `rl`
 NO_GYMNASIUM = "  (pip install 'metazoo[rl]' to list them: they need gymnasium)"
-
-
-def extra(family: str) -> str:
-    """The pip extra family `family` needs: "mujoco" (HalfCheetah) or "rl" (gymnasium)."""
-    return EXTRAS.get(family, "rl")
 
 
 def learner_lines() -> list[str]:
@@ -32,7 +27,7 @@ def family_lines() -> list[str]:
     except ImportError:
         return [NO_GYMNASIUM]
     width = max(13, *(len(s.name) for s in specs))
-    return [f"  {s.name:<{width}} {f'metazoo[{extra(s.name)}]':<15} {s.description}"
+    return [f"  {s.name:<{width}} {f'metazoo[{s.extra}]':<15} {s.description}"
             for s in specs]
 
 

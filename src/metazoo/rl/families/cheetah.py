@@ -102,7 +102,7 @@ class _HalfCheetahFamily:
 
 
 @register_family("cheetah_vel", "HalfCheetah-v5 running at a goal velocity in [0, 2], H = 200 "
-                 "(Finn et al. 2017, Sec. 5.3)")
+                 "(Finn et al. 2017, Sec. 5.3)", extra="mujoco")
 class CheetahVel(_HalfCheetahFamily):
     """Goal velocities uniform in `[low, high]`."""
 
@@ -117,7 +117,7 @@ class CheetahVel(_HalfCheetahFamily):
 
 
 @register_family("cheetah_dir", "HalfCheetah-v5 running forward or backward, H = 200 "
-                 "(Finn et al. 2017, Sec. 5.3)")
+                 "(Finn et al. 2017, Sec. 5.3)", extra="mujoco")
 class CheetahDir(_HalfCheetahFamily):
     """Directions +1 and -1 with equal probability."""
 
