@@ -38,13 +38,15 @@ def _peers_compat():  # type: ignore[no-untyped-def]
     return peers_compat
 
 
-def peer_conv4(head_ways: int | None) -> nn.Sequential:
-    """metazoo's Conv-4 (and head) in plain torch.nn, batch statistics only."""
+def peer_conv4(head_ways: int | None, pools: int = 4, flatten: bool = True) -> nn.Sequential:
+    """metazoo's Conv-4 (and head) in plain torch.nn, batch statistics only; max-pool in the
+    first `pools` blocks (Relation Net's embedding: 2, feature maps kept)."""
     layers: list[nn.Module] = []
-    for c in (1, 64, 64, 64):
+    for i, c in enumerate((1, 64, 64, 64)):
         layers += [nn.Conv2d(c, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False),
-                   nn.ReLU(), nn.MaxPool2d(2)]
-    layers.append(nn.Flatten())
+                   nn.ReLU()] + ([nn.MaxPool2d(2)] if i < pools else [])
+    if flatten:
+        layers.append(nn.Flatten())
     if head_ways is not None:
         layers.append(nn.Linear(64, head_ways))
     return nn.Sequential(*layers)
@@ -124,18 +126,47 @@ class L2LGradient:
         return torch.stack(out)
 
 
+def peer_relation_module(ours: nn.Module) -> nn.Sequential:
+    """metazoo's Relation Net module (two [conv 3x3, batch norm, ReLU, max-pool 2] blocks, FC 8,
+    ReLU, FC 1, sigmoid) in torch.nn with metazoo's initial weights: easyfsl takes it as its
+    `relation_module` (its default, with adaptive pooling, is not the paper's 28x28 network)."""
+    rel = ours.relation
+    blocks: list[nn.Module] = []
+    for conv, pool in zip(rel.convs, rel.pools, strict=True):
+        c = conv[0].out_channels
+        blocks += [nn.Conv2d(conv[0].in_channels, c, 3, padding=1),
+                   nn.BatchNorm2d(c, track_running_stats=False), nn.ReLU()]
+        blocks += [nn.MaxPool2d(2)] if pool else []
+    fc1 = nn.Linear(rel.fc1.in_features, rel.fc1.out_features)
+    module = nn.Sequential(*blocks, nn.Flatten(), fc1, nn.ReLU(),
+                           nn.Linear(rel.fc2.in_features, 1), nn.Sigmoid())
+    copy_weights([p for n, p in ours.named_parameters() if n.startswith("relation.")], module)
+    return module
+
+
 class EasyFSLMetric:
-    """easyfsl's few-shot classifiers: `process_support_set(xs, ys)` then `forward(xq)`."""
+    """easyfsl's few-shot classifiers: `process_support_set(xs, ys)` then `forward(xq)`.
+    Relation Net: our embedding (pools in the first two blocks, maps kept) and our relation
+    module with our weights, the paper's MSE to the one-hot match (Eq. 2) and gradient clipping
+    as the preset; easyfsl averages a class's support maps (ours sums them: equal at 1 shot)."""
 
     def __init__(self, method: str, ours: nn.Module, cfg) -> None:  # type: ignore[no-untyped-def]
         _peers_compat().import_torchvision()
         import easyfsl.methods as methods
 
-        backbone = peer_conv4(None)
+        self.method, self.clip = method, cfg.train.grad_clip
+        relation = method == "relation"
+        backbone = peer_conv4(None, pools=(cfg.model.pools or 4) if relation else 4,
+                              flatten=not relation)
         theirs = getattr(methods, METRIC_FAMILY[method])
-        copy_weights(network_params(ours), backbone)  # Matching/Relation: their own extra modules
-        self.model = (theirs(backbone) if method == "protonet"
-                      else theirs(backbone, feature_dimension=64))
+        copy_weights(network_params(ours), backbone)  # Matching: its own extra modules
+        if method == "protonet":
+            self.model = theirs(backbone)
+        elif relation:
+            self.model = theirs(backbone, feature_dimension=64,
+                                relation_module=peer_relation_module(ours))
+        else:
+            self.model = theirs(backbone, feature_dimension=64)
         t = cfg.train
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.outer_lr)
         gamma = t.lr_gamma if t.schedule == "step" else 1.0
@@ -147,9 +178,15 @@ class EasyFSLMetric:
         eps, total = episodes(batch), 0.0
         for sx, sy, qx, qy in eps:
             self.model.process_support_set(sx, sy)
-            loss = F.cross_entropy(self.model(qx), qy) / len(eps)
+            out = self.model(qx)
+            if self.method == "relation":  # scores in (0, 1) regressed to the match (Eq. 2)
+                loss = F.mse_loss(out, F.one_hot(qy, out.shape[-1]).to(out.dtype)) / len(eps)
+            else:
+                loss = F.cross_entropy(out, qy) / len(eps)
             loss.backward()
             total += float(loss)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         self.sched.step()
         return total
