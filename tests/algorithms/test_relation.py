@@ -47,6 +47,23 @@ def test_scores_equal_relation_module_on_concatenated_maps():
     assert ((scores > 0) & (scores < 1)).all()
 
 
+def test_split_first_convolution_gives_the_concatenated_pairs_logits_and_gradients():
+    torch.manual_seed(1)
+    alg = algorithms.build("relation", Maps(), ways=3).double()
+    classes, queries = torch.randn(3, 2, 4, 4).double(), torch.randn(5, 2, 4, 4).double()
+    pairs = torch.cat([classes[None].expand(5, -1, -1, -1, -1),
+                       queries[:, None].expand(-1, 3, -1, -1, -1)], dim=2).flatten(0, 1)
+    m = alg.relation
+    grads = []
+    for out in (m.logits(pairs).view(5, 3), m.pair_logits(classes, queries)):
+        m.zero_grad()
+        (out.sin().sum()).backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+        torch.testing.assert_close(out, m.logits(pairs).view(5, 3), rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_loss_is_mse_against_one_hot():
     torch.manual_seed(0)
     alg = algorithms.build("relation", Maps(), ways=2)

@@ -73,10 +73,7 @@ class MetaGANRelation(RelationNet):
 
     def relation_logits(self, classes: Tensor, maps: Tensor) -> Tensor:
         """Scores before the sigmoid of rows `[M, C, H, W]` against class maps `[N, C, H, W]`."""
-        m, n = maps.shape[0], classes.shape[0]
-        pairs = torch.cat([classes[None].expand(m, -1, -1, -1, -1),
-                           maps[:, None].expand(-1, n, -1, -1, -1)], dim=2)  # [M, N, 2C, H, W]
-        return self.relation.logits(pairs.flatten(0, 1)).view(m, n)
+        return self.relation.pair_logits(classes, maps)
 
     def logits_with_fake(self, support_x: Tensor, support_y: Tensor, x: Tensor, ways: int
                          ) -> Tensor:
