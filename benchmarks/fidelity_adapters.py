@@ -144,6 +144,21 @@ def peer_relation_module(ours: nn.Module) -> nn.Sequential:
     return module
 
 
+class NoContext(nn.Module):
+    """easyfsl's Matching support encoder, switched off: a zero bidirectional-LSTM output, so
+    g(x_i, S) = g'(x_i) (easyfsl always applies full context embeddings)."""
+
+    def forward(self, features: Tensor) -> tuple[Tensor]:
+        return (features.new_zeros(*features.shape[:2], 2 * features.shape[-1]),)
+
+
+class NoQueryContext(nn.Module):
+    """easyfsl's Matching query cell, switched off: h = 0 each step, so f(x, S) = f'(x)."""
+
+    def forward(self, _: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return torch.zeros_like(state[0]), state[1]
+
+
 class EasyFSLMetric:
     """easyfsl's few-shot classifiers: `process_support_set(xs, ys)` then `forward(xq)`.
     Relation Net: our embedding (pools in the first two blocks, maps kept) and our relation
@@ -165,8 +180,11 @@ class EasyFSLMetric:
         elif relation:
             self.model = theirs(backbone, feature_dimension=64,
                                 relation_module=peer_relation_module(ours))
-        else:
+        elif getattr(cfg.algorithm.config, "fce", False):
             self.model = theirs(backbone, feature_dimension=64)
+        else:  # Matching without FCE (the paper's Omniglot setting): easyfsl's encoders off
+            self.model = theirs(backbone, feature_dimension=64, support_encoder=NoContext(),
+                                query_encoder=NoQueryContext())
         t = cfg.train
         self.opt = torch.optim.Adam(self.model.parameters(), lr=t.outer_lr)
         gamma = t.lr_gamma if t.schedule == "step" else 1.0

@@ -19,7 +19,7 @@ class Flatten(nn.Module):
 
 
 def test_output_equals_hand_computed_cosine_attention():
-    alg = algorithms.build("matching", Flatten(), ways=2)
+    alg = algorithms.build("matching", Flatten(), ways=2, normalize="both")
     sx = torch.tensor([[2.0, 0, 0, 0], [0, 3, 0, 0], [1, 1, 0, 0]])
     sy = torch.tensor([0, 1, 1])
     q = torch.tensor([[1.0, 0, 0, 0], [0, 0, 5, 0], [0, 2, 0, 0]])
@@ -35,11 +35,26 @@ def test_output_equals_hand_computed_cosine_attention():
     torch.testing.assert_close(F.cross_entropy(out, y), -expected[torch.arange(3), y].mean())
 
 
-def test_scale_of_either_embedding_does_not_matter():
-    alg = algorithms.build("matching", Flatten(), ways=2)
+def test_scale_of_either_embedding_does_not_matter_for_the_cosine():
+    alg = algorithms.build("matching", Flatten(), ways=2, normalize="both")
     sx, sy, q = torch.randn(4, 4), torch.tensor([0, 1, 0, 1]), torch.randn(3, 4)
     out = alg.adapt(sx, sy)(q)
     torch.testing.assert_close(alg.adapt(3 * sx, sy)(0.5 * q), out)
+
+
+def test_default_normalises_the_support_only_so_the_query_norm_sharpens():
+    alg = algorithms.build("matching", Flatten(), ways=2)
+    sx = torch.tensor([[2.0, 0, 0, 0], [0, 3, 0, 0], [1, 1, 0, 0]])
+    sy = torch.tensor([0, 1, 1])
+    q = torch.tensor([[4.0, 0, 0, 0]])
+    r = 1 / math.sqrt(2)
+    e = [math.exp(4 * v) for v in (1, 0, r)]  # q . g_i / |g_i|: the query keeps its norm 4
+    expected = torch.tensor([[e[0] / sum(e), (e[1] + e[2]) / sum(e)]]).log()
+    torch.testing.assert_close(alg.adapt(sx, sy)(q), expected)
+    torch.testing.assert_close(alg.adapt(3 * sx, sy)(q), expected)  # the support's scale: no
+    assert alg.adapt(sx, sy)(10 * q)[0, 0] > expected[0, 0]  # a longer query: sharper
+    probs = alg.adapt(sx, sy)(q).exp()
+    assert probs[0, 0] > 0.65  # the cosine gives at most e / (e + 1 + e^r) = 0.47 here
 
 
 def _fce(backbone: nn.Module, seed: int = 0, steps: int = 3):

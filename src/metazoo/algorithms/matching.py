@@ -7,6 +7,10 @@ A query is labelled by attention over the support set, a differentiable nearest 
     y_hat = sum_i a(x_hat, x_i) y_i,   y_i one-hot, so support examples of one class add up,
 with the attention a softmax over the support of cosine similarities (Eq. 2):
     a(x_hat, x_i) = exp(c(f(x_hat), g(x_i))) / sum_j exp(c(f(x_hat), g(x_j))),   c = cosine
+By default (`normalize: support`) c divides by the support embedding's norm only, as the
+reference implementations' distance network does, so the query's norm is a learned inverse
+temperature; `normalize: both` is Eq. 2's literal cosine, whose softmax over [-1, 1] caps a 5-way
+1-shot probability at e / (e + 4/e) = 0.65 and learns far slower (docs/results.md, issue 28).
 The predictor returns log y_hat (clamped away from 0), so the base cross-entropy is the paper's
 loss -log P(y | x_hat, S) (Sec. 2.2). Without full context embeddings (FCE) f = g = the backbone.
 With `fce=True` (Sec. 2.1.2, Appendix A), f' = g' = the backbone and
@@ -28,6 +32,7 @@ Presets: matching-omniglot-5w1s, matching-omniglot-20w1s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +48,18 @@ from metazoo.types import Predictor
 class MatchingConfig(AlgorithmConfig):
     fce: bool = False  # full context embeddings (Sec. 2.1.2); off for Omniglot (Sec. 4.1.1)
     fce_steps: int = 5  # K attention-LSTM steps of f (App. A.1); not in the paper, reimpl.'s 5
+    normalize: Literal["support", "both"] = "support"  # c's norms: the reference code's, or Eq. 2's
 
     def validate(self) -> None:
         if self.fce_steps < 1:
             raise ConfigError(f"matching fce_steps must be >= 1, got {self.fce_steps}")
 
 
-def cosine_attention(zq: Tensor, zs: Tensor) -> Tensor:
-    """a(x_hat, x_i), the softmax over the support of cosines: `[M, D]`, `[S, D]` -> `[M, S]`."""
-    # Eq. 2, with c = cosine on both embeddings
-    return torch.softmax(F.normalize(zq, dim=-1) @ F.normalize(zs, dim=-1).T, dim=-1)
+def cosine_attention(zq: Tensor, zs: Tensor, normalize: str = "support") -> Tensor:
+    """a(x_hat, x_i), the softmax over the support of c: `[M, D]`, `[S, D]` -> `[M, S]`; c is
+    f . g / |g| (`normalize="support"`) or the cosine f . g / (|f| |g|) (`"both"`, Eq. 2)."""
+    zq = F.normalize(zq, dim=-1) if normalize == "both" else zq
+    return torch.softmax(zq @ F.normalize(zs, dim=-1).T, dim=-1)
 
 
 def class_log_probs(attention: Tensor, support_y: Tensor, ways: int) -> Tensor:
@@ -124,6 +131,7 @@ class Matching(Algorithm):
             if cfg.fce:
                 zs = context_support(self.g_fwd, self.g_bwd, zs)  # g(x_i, S) (A.2)
                 zq = context_query(self.f_lstm, zq, zs, cfg.fce_steps)  # f(x, S) (A.1)
-            return class_log_probs(cosine_attention(zq, zs), support_y, n)  # [M, N] (Eqs. 1-2)
+            attention = cosine_attention(zq, zs, cfg.normalize)  # (Eq. 2)
+            return class_log_probs(attention, support_y, n)  # [M, N] (Eq. 1)
 
         return predict
