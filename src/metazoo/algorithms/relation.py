@@ -25,6 +25,7 @@ Presets: relation-omniglot-5w1s, relation-omniglot-20w1s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,10 @@ class RelationModule(nn.Module):
 
     def logits(self, pairs: Tensor) -> Tensor:
         """The scores before the sigmoid: `[P, 2C, H, W]` -> `[P]`."""
-        return self._after_first_conv(self.convs[0][0](pairs))
+        return self._after_first_conv(self.first_conv()(pairs))
+
+    def first_conv(self) -> nn.Conv2d:
+        return cast(nn.Conv2d, cast(nn.Sequential, self.convs[0])[0])
 
     def pair_logits(self, classes: Tensor, queries: Tensor) -> Tensor:
         """`logits` of every pair C(class map, query map): `[N, C, H, W]`, `[M, C, H, W]` ->
@@ -82,8 +86,7 @@ class RelationModule(nn.Module):
         concatenation, conv(C(a, b)) = conv_a(a) + conv_b(b), so it runs on the N + M maps
         and the N M pairs start after it: the same numbers up to float rounding, at a
         fraction of the cost (it is most of the module's)."""
-        conv = self.convs[0][0]
-        c = classes.shape[1]
+        conv, c = self.first_conv(), classes.shape[1]
         by_class = F.conv2d(classes, conv.weight[:, :c], conv.bias, padding=conv.padding)
         by_query = F.conv2d(queries, conv.weight[:, c:], None, padding=conv.padding)
         m, n = queries.shape[0], classes.shape[0]
@@ -93,7 +96,7 @@ class RelationModule(nn.Module):
     def _after_first_conv(self, h: Tensor) -> Tensor:
         x = h
         for i, (block, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
-            x = torch.relu(block[1](x) if i == 0 else block(x))  # block 0: its batch norm
+            x = torch.relu(cast(nn.Sequential, block)[1](x) if i == 0 else block(x))  # its BN
             x = F.max_pool2d(x, 2) if pool else x
         return self.fc2(torch.relu(self.fc1(x.flatten(1)))).squeeze(-1)
 
