@@ -90,16 +90,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def algorithm_table() -> str:
     """The README's algorithm table (Markdown), made from the registry and the presets."""
     from metazoo import algorithms
-    from metazoo.config_files import preset_names
+    from metazoo.config_files import preset_names, presets_cell
 
     rows = ["| family | algorithm | paper | file | presets |", "|---|---|---|---|---|"]
     presets = preset_names()
     for name in sorted(algorithms.names(), key=lambda n: (algorithms.get(n).family, n)):
         s = algorithms.get(name)
         stem = s.cls.__module__.rsplit(".", 1)[1]
-        mine = ", ".join(f"`{p}`" for p in presets if p.split("-")[0] == name) or "-"
         rows.append(f"| {s.family} | {s.display} (`{name}`) | {s.paper} | "
-                    f"[{stem}.py](src/metazoo/algorithms/{stem}.py) | {mine} |")
+                    f"[{stem}.py](src/metazoo/algorithms/{stem}.py) | "
+                    f"{presets_cell(name, presets)} |")
     return "\n".join(rows)
 
 

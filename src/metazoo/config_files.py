@@ -127,6 +127,11 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def presets_cell(algorithm: str, presets: list[str]) -> str:
+    """The README tables' presets cell of `algorithm`: its presets in backticks, or "-"."""
+    return ", ".join(f"`{p}`" for p in presets if p.split("-")[0] == algorithm) or "-"
+
+
 def preset_dict(name: str) -> dict[str, Any]:
     """The raw mapping of preset `name`."""
     names = preset_names()

@@ -33,14 +33,13 @@ def family_lines() -> list[str]:
 
 def rl_table() -> str:
     """The meta-RL learners as a Markdown table: paper, file, presets (not yet in the README)."""
-    from metazoo.config_files import preset_names
+    from metazoo.config_files import preset_names, presets_cell
 
     presets = preset_names()
     rows = ["| algorithm | paper | file | presets |", "|---|---|---|---|"]
     for name in base.ALGORITHM_MODULES:
         s = base.algorithm_spec(name)
         stem = s.cls.__module__.rsplit(".", 1)[1]
-        mine = ", ".join(f"`{p}`" for p in presets if p.split("-")[0] == name) or "-"
         rows.append(f"| {s.display} (`{name}`) | {s.paper} | "
-                    f"[{stem}.py](src/metazoo/rl/{stem}.py) | {mine} |")
+                    f"[{stem}.py](src/metazoo/rl/{stem}.py) | {presets_cell(name, presets)} |")
     return "\n".join(rows)
