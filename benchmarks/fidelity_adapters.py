@@ -218,10 +218,19 @@ class EasyFSLMetric:
         return torch.stack(out)
 
 
-def build_peer(method: str, ours: nn.Module, cfg):  # type: ignore[no-untyped-def]
+def build_peer(method: str, ours: nn.Module, cfg,  # type: ignore[no-untyped-def]
+               authors_code: str | None = None):
     if method in GRADIENT_FAMILY:
         return L2LGradient(method, ours, cfg)
     if method in METRIC_FAMILY:
         return EasyFSLMetric(method, ours, cfg)
+    if method == "reptile":
+        from fidelity_reptile import ReptileExample
+
+        return ReptileExample(ours, cfg)
+    if method == "imaml":  # no library has it: the authors' reference code
+        from fidelity_imaml_authors import AuthorsIMAML
+
+        return AuthorsIMAML(ours, cfg, authors_code)
     raise SystemExit(f"no peer adapter for '{method}' (have: "
-                     f"{', '.join([*GRADIENT_FAMILY, *METRIC_FAMILY])})")
+                     f"{', '.join([*GRADIENT_FAMILY, *METRIC_FAMILY, 'reptile'])})")

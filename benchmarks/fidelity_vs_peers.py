@@ -132,6 +132,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="preset override, key=value")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/fidelity")
+    ap.add_argument("--authors-code", default=None, help="the authors' code, for methods no "
+                    "library has (imaml: $METAZOO_AUTHORS_CODE or /work/peers-code/imaml_dev)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset, overrides=args.set)
@@ -143,8 +145,10 @@ def main() -> int:
 
     train_src, val_src, test_src = src("train", d), src("val", e), src(e.split, e)
     ours = Ours(cfg)
-    peer = build_peer(method, ours.alg, cfg)
-    peer_name = "learn2learn 0.2.0" if method in GRADIENT_FAMILY else "easyfsl 1.5.0"
+    peer = build_peer(method, ours.alg, cfg, authors_code=args.authors_code)
+    peer_name = ("learn2learn 0.2.0" if method in GRADIENT_FAMILY
+                 else "learn2learn's Reptile example" if method == "reptile" else "easyfsl 1.5.0")
+    peer_name = getattr(peer, "name", peer_name)  # a peer that names itself (authors' code)
     sides = {"metazoo": ours, peer_name: peer}
     curves: dict[str, list] = {k: [] for k in sides}
     wall = dict.fromkeys(sides, 0.0)
