@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from metazoo import algorithms, models
+from metazoo.algorithms.metagan_parts import TaskGenerator, feature_matching, real_fake_loss
 from metazoo.errors import ConfigError
 from metazoo.functional import call, strip_prefix
-from metazoo.metagan import TaskGenerator, feature_matching, real_fake_loss
 from metazoo.models.mlp import MLP
 from tests.algorithms.learning import accuracy_before_after, glyph_episodes
 from tests.conftest import tiny_batch

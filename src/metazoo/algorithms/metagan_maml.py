@@ -5,7 +5,7 @@ NeurIPS 2018 (MAML: Finn et al. 2017, arXiv:1703.03400).
 
 The network (backbone + linear head of N+1 outputs, the last "fake") is MAML's discriminator. For
 a task, G(z, T) draws `fakes` (default: as many as the support's rows); the inner loop adapts the
-network by SGD on L_D over the support and those fakes (`metazoo.metagan`):
+network by SGD on L_D over the support and those fakes (`metazoo.algorithms.metagan_parts`):
     theta' = theta - alpha grad [ -log p(y|x, y<=N) - w log p(y<=N|x) - w log p(N+1|G(z)) ]
 and the meta-loss is L_D at theta' over the query and new fakes (as many by default). G learns by
 feature matching on the adapted network's backbone features of [query; fakes] (one pass), the
@@ -14,7 +14,7 @@ L_D + (L_G - sg(L_G)), whose gradient is L_D's for the classifier and L_G's for 
 Predictions are the N real logits; with `fake_weight` 0 there is no generator and the method is
 MAML (the same loss and gradients). Settings: MAML's (5-way Omniglot: alpha 0.4, 1 step).
 Deviations: the paper's generator architecture and optimiser settings are not reproduced (see
-`metazoo.metagan`); evaluation adapts with fakes too (draws seeded by the episode).
+`metazoo.algorithms.metagan_parts`); evaluation adapts with fakes too (draws seeded by the episode).
 Presets: metagan_maml-omniglot-5w1s, -20w1s, metagan_maml-glyphs-5w1s.
 """
 
@@ -28,10 +28,7 @@ from torch import Tensor, nn
 from metazoo.adaptation import first_order_now, predictor
 from metazoo.algorithms.base import AlgorithmConfig
 from metazoo.algorithms.maml import MAML, MAMLConfig
-from metazoo.algorithms.registry import register
-from metazoo.functional import SECOND_ORDER_LAYOUT, call, strip_prefix
-from metazoo.inner_loop import sgd_steps
-from metazoo.metagan import (
+from metazoo.algorithms.metagan_parts import (
     GANConfig,
     draw_fakes,
     feature_matching,
@@ -39,6 +36,9 @@ from metazoo.metagan import (
     real_fake_loss,
     supervised_loss,
 )
+from metazoo.algorithms.registry import register
+from metazoo.functional import SECOND_ORDER_LAYOUT, call, strip_prefix
+from metazoo.inner_loop import sgd_steps
 from metazoo.metrics import accuracy
 from metazoo.types import Params, Predictor
 

@@ -14,8 +14,9 @@ G is trained by feature matching on the embedding's maps of [query; fakes] (one 
 embedding's weights held fixed; L_D never moves G: the meta-loss is L + (L_G - sg(L_G)). With
 `fake_weight` 0 there is no generator and the method is Relation Net (same loss and gradients).
 Settings: Relation Net's (Adam 1e-3, 19 queries per class for 5-way 1-shot Omniglot).
-Deviations: the generator is ours (see `metazoo.metagan`); the fake logit is the fixed 0 of
-Salimans et al., the paper's exact scoring of the fake class for Relation Net is not known here.
+Deviations: the generator is ours (see `metazoo.algorithms.metagan_parts`); the fake logit is
+the fixed 0 of Salimans et al., the paper's exact scoring of the fake class for Relation Net is
+not known here.
 Presets: metagan_relation-omniglot-5w1s, metagan_relation-glyphs-5w1s.
 """
 
@@ -28,10 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metazoo.algorithms.base import AlgorithmConfig
+from metazoo.algorithms.metagan_parts import (
+    GANConfig,
+    draw_fakes,
+    feature_matching,
+    generator_for,
+    real_fake_loss,
+)
 from metazoo.algorithms.registry import register
 from metazoo.algorithms.relation import RelationConfig, RelationNet, class_maps
 from metazoo.functional import call
-from metazoo.metagan import GANConfig, draw_fakes, feature_matching, generator_for, real_fake_loss
 from metazoo.metrics import accuracy
 
 
