@@ -232,5 +232,9 @@ def build_peer(method: str, ours: nn.Module, cfg,  # type: ignore[no-untyped-def
         from fidelity_imaml_authors import AuthorsIMAML
 
         return AuthorsIMAML(ours, cfg, authors_code)
+    if method == "gnn":  # no library has it: the authors' reference code
+        from fidelity_gnn_authors import AuthorsGNN
+
+        return AuthorsGNN(ours, cfg, authors_code)
     raise SystemExit(f"no peer adapter for '{method}' (have: "
-                     f"{', '.join([*GRADIENT_FAMILY, *METRIC_FAMILY, 'reptile'])})")
+                     f"{', '.join([*GRADIENT_FAMILY, *METRIC_FAMILY, 'reptile', 'imaml', 'gnn'])})")
