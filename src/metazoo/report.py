@@ -123,9 +123,12 @@ def _meta_steps(run: Path, cfg: dict[str, Any]) -> int:
     return steps
 
 
-def _progress(run: Path) -> tuple[int, float]:
-    """Steps reached and seconds of the training loop with its last validation."""
+def _progress(run: Path, cfg: dict[str, Any]) -> tuple[int, float]:
+    """Steps reached and seconds of the training loop with its last validation (none for a run
+    of `train.meta_steps=0`, which tests its initial weights and logs nothing)."""
     path = run / "metrics.csv"
+    if not path.exists() and int(cfg["train"]["meta_steps"]) == 0:
+        return 0, 0.0
     if not path.exists():
         raise CheckpointError(f"'{run}' has no metrics.csv (the training log); is it a run "
                               "folder of `metazoo train`?")
@@ -158,7 +161,7 @@ def run_rows(run: Path) -> list[Row | RLRow]:
     cfg = _config(run)
     prov = provenance.read(run)
     files = _results_files(run)
-    steps, train_s = _progress(run)
+    steps, train_s = _progress(run, cfg)
     if is_rl(cfg):
         return list(rows_of(run, cfg, prov, files, steps, train_s, _meta_steps(run, cfg)))
     name = cfg["algorithm"]["name"]

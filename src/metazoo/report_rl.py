@@ -90,6 +90,10 @@ def rows_of(run: Path, cfg: dict[str, Any], prov: dict[str, Any] | None,
     """The rows of meta-RL run `run` from what `report.run_rows` read of its folder."""
     name = cfg["algorithm"]["name"]
     display = _display(name)
+    if cfg["algorithm"].get("objective") == "pretrained":  # MAML-RL's baseline (a)
+        display += ", pretrained"
+    if int(cfg["train"]["meta_steps"]) == 0:
+        display += ", initial weights"
     entry = prov.get("paper") if prov is not None else None
     rows = []
     for path, res in files:

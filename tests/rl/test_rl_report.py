@@ -227,3 +227,27 @@ def test_a_real_rl_run_and_its_eval_are_reported(capsys, tmp_path, one_thread):
                           f"regret {regret['mean']:.2f} ± {regret['ci95']:.2f} | - | 2 of 2 | ")
     assert own.endswith(f" test) | {commit} |")
     assert other.startswith(f"| {run} | RL² (episodes=6) | bandit | arms=2 episodes=5, 6 tasks")
+
+
+def test_the_baselines_runs_say_what_they_are(capsys, tmp_path):
+    """MAML-RL's pretrained baseline (`algorithm.objective=pretrained`) and a run of
+    `train.meta_steps=0` (the initial weights tested; no metrics.csv is written) are named so."""
+    _, maml = _rl_runs(tmp_path)
+    cfg = json.loads((maml / "config.json").read_text())
+    pre, init = tmp_path / "pretrained", tmp_path / "init"
+    for run, change in ((pre, ("algorithm", "objective", "pretrained")),
+                        (init, ("train", "meta_steps", 0))):
+        run.mkdir()
+        section, key, value = change
+        (run / "config.json").write_text(json.dumps(
+            {**cfg, section: {**cfg[section], key: value}}))
+        (run / "results.json").write_text((maml / "results.json").read_text())
+    (pre / "metrics.csv").write_text((maml / "metrics.csv").read_text())
+    rows = _report(capsys, pre, init).splitlines()[2:]
+    assert rows[0].startswith(f"| {pre} | MAML-RL, pretrained | navigation_2d |")
+    assert rows[1].startswith(f"| {init} | MAML-RL, initial weights | navigation_2d |")
+    assert "| 0 | 30 s (incl. 30.0 s test) |" in rows[1]
+    (init / "config.json").write_text(json.dumps(cfg))  # 500 steps asked, no log: an error
+    capsys.readouterr()
+    assert main(["report", str(init)]) != 0
+    assert "has no metrics.csv" in capsys.readouterr().err
