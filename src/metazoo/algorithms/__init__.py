@@ -57,9 +57,9 @@ from metazoo.algorithms.registry import (
     register,
 )
 
-SHARED_MODULES = ("base", "networks", "recurrent", "registry")
-"""Modules of this package that register nothing: the base class, the shared networks (linear
-head, recurrent sequence learner) and the registry."""
+SHARED_MODULES = ("base", "metagan_parts", "networks", "recurrent", "registry")
+"""Modules of this package that register nothing: the base class, MetaGAN's generator and losses,
+the shared networks (linear head, recurrent sequence learner) and the registry."""
 
 __all__ = ["Algorithm", "AlgorithmConfig", "AlgorithmSpec", "build", "build_with", "get",
            "names", "register"]
