@@ -38,6 +38,19 @@ def _peers_compat():  # type: ignore[no-untyped-def]
     return peers_compat
 
 
+def authors_code(repo: str, marker: str, given: str | Path | None, commit: str) -> Path:
+    """The folder of the authors' checkout `repo` (e.g. "few-shot-gnn") holding `marker` (a file
+    of theirs): `given` (`--authors-code`: the checkout or the folder holding it), else
+    `$METAZOO_AUTHORS_CODE/<repo>`, else `/work/peers-code/<repo>`. Exits with what to export."""
+    base = Path(given or os.environ.get("METAZOO_AUTHORS_CODE", "/work/peers-code"))
+    base = base.expanduser().resolve()
+    for code in (base, base / repo):
+        if (code / marker).is_file():
+            return code
+    raise SystemExit(f"no {marker} under {base}: export the authors' {repo} at commit "
+                     f"{commit[:7]} there (git archive), or pass --authors-code DIR")
+
+
 def peer_conv4(head_ways: int | None, pools: int = 4, flatten: bool = True) -> nn.Sequential:
     """metazoo's Conv-4 (and head) in plain torch.nn, batch statistics only; max-pool in the
     first `pools` blocks (Relation Net's embedding: 2, feature maps kept)."""

@@ -3,7 +3,7 @@
 Garcia, Bruna, "Few-Shot Learning with Graph Neural Networks", ICLR 2018: no peer library
 implements it, so the peer is github.com/vgsatorras/few-shot-gnn at commit
 6ad156333e998d26f3d5da6a325c5df6f694a4d1 (2021-09-13, "upgrade"), kept outside metazoo
-(`--authors-code`, default $METAZOO_AUTHORS_CODE or /work/peers-code/few-shot-gnn; a folder
+(`--authors-code`: the checkout or the folder holding it, `fidelity_adapters.authors_code`; a folder
 holding few-shot-gnn/ also works) and imported from there, unedited. Used as is: their
 `models.models.create_models` (EmbeddingOmniglot(64) + MetricNN -> `gnn_iclr.GNN_nl_omniglot`,
 nf=96, J=1), MetricNN's forward (node list: query first with a zero label, then the supports
@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from fidelity_adapters import authors_code
 from torch import Tensor, nn
 
 AUTHORS_COMMIT = "6ad156333e998d26f3d5da6a325c5df6f694a4d1"
@@ -57,18 +57,9 @@ NAME = f"authors' code (vgsatorras/few-shot-gnn@{AUTHORS_COMMIT[:7]})"
 AUTHORS_SEED = 1  # main.py --seed default: torch.manual_seed before create_models
 
 
-def default_code() -> str:
-    return os.environ.get("METAZOO_AUTHORS_CODE", "/work/peers-code/few-shot-gnn")
-
-
 def import_authors(code_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
     """Their `models.models` (which imports `models.gnn_iclr`) from `code_dir`."""
-    code = Path(code_dir or default_code()).expanduser().resolve()
-    if not (code / "models" / "gnn_iclr.py").is_file() and (code / "few-shot-gnn").is_dir():
-        code = code / "few-shot-gnn"
-    if not (code / "models" / "gnn_iclr.py").is_file():
-        raise SystemExit(f"no models/gnn_iclr.py under {code}: export "
-                         f"vgsatorras/few-shot-gnn@{AUTHORS_COMMIT[:7]} there (--authors-code)")
+    code = authors_code("few-shot-gnn", "models/gnn_iclr.py", code_dir, AUTHORS_COMMIT)
     loaded = sys.modules.get("models")
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").parent != code / "models":
         raise SystemExit(f"another top-level 'models' package is already imported: {loaded}")

@@ -3,7 +3,7 @@
 Rajeswaran, Finn, Kakade, Levine, "Meta-Learning with Implicit Gradients", NeurIPS 2019: no peer
 library implements it, so the peer is github.com/aravindr93/imaml_dev at commit
 6a2a6697d8b7be72e098d524852eacb448935fbf (2020-01-18), kept outside metazoo (`--authors-code`,
-default $METAZOO_AUTHORS_CODE or /work/peers-code/imaml_dev) and imported from there, unedited.
+see `fidelity_adapters.authors_code`) and imported from there, unedited.
 Used as is: their `Learner` (`learn_task` = the inner loop, GD by their `inner_opt`;
 `regularization_loss`; `get_loss`; `matrix_evaluator` + `hessian_vector_product`; the outer step
 `outer_step_with_grad`, Adam with their eps=1e-3), `utils.cg_solve` and `utils.measure_accuracy`;
@@ -45,20 +45,14 @@ import sys
 from pathlib import Path
 
 import torch
-from fidelity_adapters import copy_weights, network_params, peer_conv4
+from fidelity_adapters import authors_code, copy_weights, network_params, peer_conv4
 from torch import Tensor, nn
 
 AUTHORS_COMMIT = "6a2a6697d8b7be72e098d524852eacb448935fbf"
 NAME = f"authors' code (aravindr93/imaml_dev@{AUTHORS_COMMIT[:7]})"
-DEFAULT_CODE = os.environ.get("METAZOO_AUTHORS_CODE", "/work/peers-code/imaml_dev")
-
-
-def import_authors(code_dir: str | Path):  # type: ignore[no-untyped-def]
+def import_authors(code_dir: str | Path | None):  # type: ignore[no-untyped-def]
     """Their `implicit_maml.learner_model` and `implicit_maml.utils`, from `code_dir`."""
-    code = Path(code_dir).expanduser().resolve()
-    if not (code / "implicit_maml" / "learner_model.py").is_file():
-        raise SystemExit(f"no implicit_maml/learner_model.py under {code}: export "
-                         f"aravindr93/imaml_dev@{AUTHORS_COMMIT[:7]} there (--authors-code)")
+    code = authors_code("imaml_dev", "implicit_maml/learner_model.py", code_dir, AUTHORS_COMMIT)
     os.environ.setdefault("MPLBACKEND", "Agg")
     if str(code) not in sys.path:
         sys.path.insert(0, str(code))
@@ -75,7 +69,7 @@ class AuthorsIMAML:
 
     def __init__(self, ours: nn.Module, cfg,  # type: ignore[no-untyped-def]
                  code_dir: str | Path | None = None) -> None:
-        learner_model, self.utils = import_authors(code_dir or DEFAULT_CODE)
+        learner_model, self.utils = import_authors(code_dir)
         self.a, self.t, self.step = cfg.algorithm.config, cfg.train, 0
         if self.t.grad_clip or self.t.weight_decay:
             raise SystemExit("the authors' iMAML has no grad_clip / weight_decay")
@@ -155,7 +149,7 @@ def check() -> int:
     ap.add_argument("--preset", default="imaml-omniglot-5w1s")
     ap.add_argument("--tasks", type=int, default=8, help="meta-batch of the check")
     ap.add_argument("--set", action="append", default=[], help="preset override, key=value")
-    ap.add_argument("--authors-code", default=DEFAULT_CODE)
+    ap.add_argument("--authors-code", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     from metazoo import batching

@@ -133,8 +133,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/fidelity")
     ap.add_argument("--authors-code", default=None, help="the authors' code, for methods no "
-                    "library has (imaml: $METAZOO_AUTHORS_CODE or /work/peers-code/imaml_dev; "
-                    "gnn: $METAZOO_AUTHORS_CODE or /work/peers-code/few-shot-gnn)")
+                    "library has (the checkout or the folder holding it; default "
+                    "$METAZOO_AUTHORS_CODE/<repo>, else /work/peers-code/<repo>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset, overrides=args.set)
