@@ -182,11 +182,23 @@ def test_a_meta_rl_paper_entry_holds_for_its_family_and_options_only(tmp_path):
         assert origin(None, bandits, [change]).paper is None, change
 
 
+def test_meta_rl_presets_carry_the_curve_read_off_the_paper_figure():
+    """MAML-RL's entries name the metrics of its results (`return_after_<steps>`)."""
+    nav = origin("maml_rl-navigation", None).paper
+    assert [nav[f"return_after_{i}"] for i in range(4)] == [-40, -11.6, -3.3, -3.2]
+    assert "Fig. 4" in nav["source"] and "read off" in nav["source"]
+    assert origin("maml_rl-navigation", None, ["rl.options={horizon: 50}"]).paper is None
+
+
 @pytest.mark.parametrize(("entry", "match"), [
     ('paper: {accuracy: high, source: "x"}', "paper.accuracy must be a finite number"),
     ('paper: {accuracy: 9, sauce: "x"}', "unknown key 'paper.sauce'"),
     ("paper: {accuracy: 9}", "paper.source must say where"),
     ('paper: {accuracy: 9, mse: 1, source: "x"}', "one published number"),
+    ('paper: {accuracy: 9, return_after_1: 1, source: "x"}', "one published number"),
+    ('paper: {return_after_one: 1, source: "x"}', "unknown key 'paper.return_after_one'"),
+    ('paper: {return_after_0: [1, 2], source: "x"}', "paper.return_after_0 must be a finite"),
+    ('paper: {ci95: 1, source: "x"}', "one published number"),
     ("paper: 98.7", "'paper' must be a mapping"),
 ])
 def test_a_bad_paper_entry_is_a_one_line_error(capsys, tmp_path, entry, match):

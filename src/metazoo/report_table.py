@@ -113,12 +113,15 @@ def rl_result(row: RLRow) -> str:
 
 
 def rl_paper_cell(row: RLRow) -> str:
-    """`return 6.7` (each number of the entry, as written; its CI when it gives one number)."""
+    """`return 6.7` or `return after 0/1/2/3: -40 / -12 / -3.3 / -3.2`: the entry's numbers as
+    written, grouped as the result cell; its CI when it gives one number."""
     if not row.paper:
         return "-"
-    numbers = [(k, v) for k, v in row.paper.items() if k not in ("ci95", "source")]
+    numbers = {k: (v, 0.0) for k, v in row.paper.items() if k not in ("ci95", "source")}
     ci = row.paper.get("ci95")
-    cell = ", ".join(f"{k} {_as_written(v)}" for k, v in numbers)
+    cell = ", ".join(f"{label}{':' if len(points) > 1 else ''} "
+                     + " / ".join(_as_written(v) for v, _ in points)
+                     for label, points in headline(numbers))
     return cell + (f" ± {_as_written(ci)}" if ci is not None and len(numbers) == 1 else "")
 
 

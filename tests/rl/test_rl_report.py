@@ -176,6 +176,20 @@ def test_a_paper_entry_of_the_run_stands_beside_its_test_rows(capsys, tmp_path):
         "6.7", "Duan et al. 2016, Table 1", "run")
 
 
+def test_a_paper_curve_stands_beside_the_curve_of_each_inner_step(capsys, tmp_path):
+    _, maml = _rl_runs(tmp_path)
+    paper = {"return_after_0": -40, "return_after_1": -11.6, "return_after_2": -3.3,
+             "return_after_3": -3.2, "source": "Finn et al. 2017, Fig. 4"}
+    (maml / "provenance.json").write_text(json.dumps({
+        "preset": "maml_rl-navigation", "config_file": None, "paper": paper, "commit": COMMIT,
+        "metazoo": "0.1"}))
+    test = _report(capsys, maml).splitlines()[2]
+    assert "| return after 0/1/2/3: -40 / -11.6 / -3.3 / -3.2 |" in test
+    rows = list(csv.DictReader(io.StringIO(_report(capsys, maml, "--csv"))))
+    by_metric = {r["metric"]: r["paper"] for r in rows if r["results"] == "results.json"}
+    assert by_metric["return_after_1"] == "-11.6" and by_metric["return_after_3"] == "-3.2"
+
+
 def test_csv_has_a_row_per_metric_at_full_precision(capsys, tmp_path):
     rl2, maml = _rl_runs(tmp_path)
     sup, _ = _fabricated(tmp_path)
