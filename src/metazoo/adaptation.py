@@ -57,14 +57,18 @@ def inner_steps_now(module: nn.Module, steps: int, eval_steps: int | None) -> in
     return steps if module.training or eval_steps is None else eval_steps
 
 
-def support_loss(net: nn.Module, support_x: Tensor, support_y: Tensor, *, first_order: bool
-                 ) -> Callable[[Params], Tensor]:
+def support_loss(net: nn.Module, support_x: Tensor, support_y: Tensor, *, first_order: bool,
+                 precise: bool = False) -> Callable[[Params], Tensor]:
     """`params -> supervised_loss(net with params on support_x, support_y)`.
 
     Second order, the passes run in `SECOND_ORDER_LAYOUT` (batch norm's double backward is
-    ~2x faster there on CPU); first order, in the backbone's default layout.
+    ~2x faster there on CPU); first order, in the backbone's default layout, unless `precise`:
+    torch 2.13's CPU batch-norm kernel for channels-last inputs keeps ~5e-6 relative precision
+    where NCHW keeps ~5e-8 (`tests/test_functional.py`), which costs nothing where SGD noise is
+    larger, but an inner loop whose solution is amplified (iMAML's implicit gradient) asks for
+    NCHW.
     """
-    layout = None if first_order else SECOND_ORDER_LAYOUT
+    layout = None if first_order and not precise else SECOND_ORDER_LAYOUT
     return lambda params: supervised_loss(call(net, params, support_x, memory_format=layout),
                                           support_y)
 
@@ -76,16 +80,17 @@ def detached_unless_grad(params: Params) -> Params:
     return {k: v.detach() for k, v in params.items()}
 
 
-def predictor(net: nn.Module, params: Params, support_x: Tensor, bn_mode: BNMode
-              ) -> Predictor:
+def predictor(net: nn.Module, params: Params, support_x: Tensor, bn_mode: BNMode, *,
+              precise: bool = False) -> Predictor:
     """`query_x -> net(query_x)` at `params`.
 
     "transductive": the query batch is normalised with its own statistics; "non_transductive":
     `[support; query]` runs once and the support rows give the statistics, so each query's
-    output depends on the support set and itself alone.
+    output depends on the support set and itself alone. `precise`: in NCHW (`support_loss`).
     """
+    layout = SECOND_ORDER_LAYOUT if precise else None
     if bn_mode == "transductive":
-        return lambda query_x: call(net, params, query_x)
+        return lambda query_x: call(net, params, query_x, memory_format=layout)
     n = support_x.shape[0]
     return lambda query_x: call(net, params, torch.cat([support_x, query_x]),
-                                stats_rows=n)[n:]
+                                stats_rows=n, memory_format=layout)[n:]
