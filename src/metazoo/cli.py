@@ -186,11 +186,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from metazoo.engine.rl_eval import evaluate_rl_run, is_rl_run, lines
 
     if is_rl_run(args.run_dir):  # a meta-RL run: its learner on fixed evaluation tasks
-        if args.ways or args.shots or args.queries or args.set or args.device:
-            raise ConfigError("a meta-RL run is evaluated on --episodes tasks of --split; "
-                              "--ways, --shots, --queries, --set and --device do not apply")
+        if args.ways or args.shots or args.queries or args.device:
+            raise ConfigError("a meta-RL run is evaluated on --episodes tasks of --split (and "
+                              "--set algorithm.KEY=VALUE); --ways, --shots, --queries and "
+                              "--device do not apply")
         rl_result, rl_path = evaluate_rl_run(args.run_dir, episodes=args.episodes,
-                                             split=args.split)
+                                             split=args.split, options=args.set)
         print("\n".join([*lines(rl_result), f"written: {rl_path}"]))
         return 0
     from metazoo.engine.evaluate import evaluate_run

@@ -86,3 +86,26 @@ def test_list_options_shows_the_rl_section_and_rl2(capsys):
     assert main(["list", "options", "rl2"]) == 0
     out = capsys.readouterr().out
     assert "algorithm.gae_lambda" in out and "GAE lambda" in out
+
+
+def test_eval_set_changes_test_time_options_of_a_meta_rl_run(tmp_path, capsys, one_thread):
+    """MAML-RL's test step size from `eval --set` (the paper tunes its baselines' step size):
+    another file, other returns after the steps, the same before them."""
+    run = tmp_path / "nav"
+    assert main(["train", "--preset", "maml_rl-navigation-quick", "--out", str(run), "--set",
+                 "train.meta_steps=0", "eval.episodes=6", "algorithm.eval_trajectories=4",
+                 "algorithm.hidden=[8]"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--set", "algorithm.eval_inner_lr=2.0",
+                 "algorithm.eval_later_lr=1.0"]) == 0
+    assert "results.eval_inner_lr=2.0,eval_later_lr=1.0.json" in capsys.readouterr().out
+    tuned = json.loads((run / "results.eval_inner_lr=2.0,eval_later_lr=1.0.json").read_text())
+    own = json.loads((run / "results.json").read_text())
+    assert tuned["metrics"]["return_after_0"] == own["metrics"]["return_after_0"]
+    assert tuned["metrics"]["return_after_1"] != own["metrics"]["return_after_1"]
+    for bad, match in ((["algorithm.name=rl2"], "test-time algorithm options only"),
+                       (["train.meta_steps=3"], "test-time algorithm options only"),
+                       (["algorithm.eval_inner_lr=-1"], "eval_inner_lr must be > 0")):
+        assert main(["eval", str(run), "--set", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, err

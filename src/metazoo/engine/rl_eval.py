@@ -31,6 +31,7 @@ from metazoo.engine.run import (
     RESULTS,
     read_config,
     resolve_device,
+    with_test_options,
     write_json,
 )
 from metazoo.metrics import mean_and_ci95
@@ -135,21 +136,23 @@ def is_rl_run(run_dir: str | Path) -> bool:
 
 
 def evaluate_rl_run(run_dir: str | Path, *, episodes: int | None = None,
-                    split: str | None = None) -> tuple[dict[str, Any], Path]:
+                    split: str | None = None, options: list[str] | None = None
+                    ) -> tuple[dict[str, Any], Path]:
     """What `metazoo eval RUN` does for a meta-RL run: its weights on `episodes` tasks of
-    `split` (default: the run's `eval` section); written to `results.eval.json` (or
-    `results.<what differs>.json`)."""
+    `split` (default: the run's `eval` section), with test-time `options` (`algorithm.KEY=VALUE`,
+    e.g. MAML-RL's `eval_inner_lr`: the paper tunes its baselines' step size); written to
+    `results.eval.json` (or `results.<what differs>.json`)."""
     from metazoo.engine.evaluate import results_name
 
     run = Path(run_dir)
     if (busy := lock.holder(run)) is not None:
         raise lock.RunFolderBusy(f"'{run}' is being trained by {lock.describe(busy)}; "
                                  "evaluate it once that run has ended")
-    cfg = read_config(run)
+    cfg = with_test_options(read_config(run), options)
     ev = replace(cfg.eval, episodes=cfg.eval.episodes if episodes is None else episodes,
                  split=cfg.eval.split if split is None else split)
     differs = [f"{k}={getattr(ev, k)}" for k in ("split", "episodes")
-               if getattr(ev, k) != getattr(cfg.eval, k)]
+               if getattr(ev, k) != getattr(cfg.eval, k)] + list(options or [])
     cfg = replace(cfg, eval=ev)
     cfg.validate()
     family = family_of(cfg)

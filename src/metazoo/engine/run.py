@@ -146,6 +146,18 @@ def checked_shape(value: Any, path: Path) -> tuple[int, ...] | None:
     return tuple(value)
 
 
+def with_test_options(cfg: RunConfig, options: list[str] | None) -> RunConfig:
+    """`cfg` with `options` (`algorithm.KEY=VALUE`: how trained weights are used, such as the
+    number or step size of test-time inner steps) laid over it; any other key is refused."""
+    if not options:
+        return cfg
+    for item in options:
+        if not item.startswith("algorithm.") or item.startswith("algorithm.name="):
+            raise ConfigError(f"eval --set changes test-time algorithm options only "
+                              f"(algorithm.KEY=VALUE), got '{item}'")
+    return from_dict(apply_overrides(cfg.to_dict(), options))
+
+
 def load_run(run_dir: Path, *, data_root: str | None = None,
              algorithm_options: list[str] | None = None,
              writes: bool = True) -> tuple[RunConfig, Algorithm]:
@@ -162,12 +174,7 @@ def load_run(run_dir: Path, *, data_root: str | None = None,
     cfg = read_config(run_dir)
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
-    if algorithm_options:
-        for item in algorithm_options:
-            if not item.startswith("algorithm.") or item.startswith("algorithm.name="):
-                raise ConfigError(f"eval --set changes test-time algorithm options only "
-                                  f"(algorithm.KEY=VALUE), got '{item}'")
-        cfg = from_dict(apply_overrides(cfg.to_dict(), algorithm_options))
+    cfg = with_test_options(cfg, algorithm_options)
     weights = run_dir / BEST if (run_dir / BEST).exists() else run_dir / CHECKPOINT
     tensors, meta = checkpoint.load(weights)
     shape = checked_shape(meta.get("input_shape"), weights) or input_shape(cfg)
