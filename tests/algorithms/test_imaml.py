@@ -258,7 +258,7 @@ def test_bad_config_values_raise(option, value):
 
 @pytest.mark.slow
 def test_learns_glyphs_5way_1shot():
-    """Measured (seeds 0-2): SEEDS_B, ~25 s on one core. inner_lr 0.05: with
+    """Measured (seeds 0-2): 0.45-0.50 before, 0.67-0.72 after 100 steps. inner_lr 0.05: with
     float32-exact meta-gradients (NCHW passes) 0.1 learns little here (0.51 -> 0.53, seed 0),
     the edge of GD's stability on Eq. 4; the 0.66-0.71 that 0.1 reached before came with a
     meta-gradient 17% off the exact one (channels-last batch norm)."""
