@@ -15,7 +15,8 @@ CI over episodes (`metazoo.metrics.mean_and_ci95`).
 
 Verdict (issue 28): "defect" if ours' CI lies wholly below the peer's; "budget" if ours' mean is
 within the peer's CI or above and both validation curves are still rising (last point above the
-one before); "par" if ours is within/above but a curve has stopped rising; else "inconclusive".
+one at least --every updates before it); "par" if ours is within/above but a curve has stopped
+rising; else "inconclusive".
 
 Run it in the peers' venv (../shared/bench/peers/install_peers.sh: torch 2.13.0 CPU, learn2learn
 0.2.0, easyfsl 1.5.0), which imports metazoo from ../src, in one process (as the other
@@ -92,6 +93,14 @@ def score(side, source, episodes: int, chunk: int = 16) -> tuple[float, float]: 
             for i in range(0, episodes, chunk)]
     m, h = mean_and_ci95(torch.cat(accs))
     return 100 * m, 100 * h
+
+
+def still_rising(curve: list[dict[str, float]], every: int) -> bool:
+    """The last validation above the latest one at least `every` updates before it (an --every
+    that does not divide --updates adds a last point a few updates after the one before)."""
+    last = curve[-1]
+    before = [p for p in curve if p["update"] <= last["update"] - every]
+    return bool(before) and last["acc"] > before[-1]["acc"]
 
 
 def verdict(ours: tuple[float, float], peer: tuple[float, float], rising: bool) -> str:
@@ -201,7 +210,7 @@ def main() -> int:
         t0 = time.perf_counter()
         m, h = score(side, test_src, args.test_episodes)
         test[k] = {"acc": m, "ci95": h, "test_s": time.perf_counter() - t0}
-    rising = all(len(c) > 1 and c[-1]["acc"] > c[-2]["acc"] for c in curves.values())
+    rising = all(still_rising(c, args.every) for c in curves.values())
     v = verdict((test["metazoo"]["acc"], test["metazoo"]["ci95"]),
                 (test[peer_name]["acc"], test[peer_name]["ci95"]), rising)
     save(test=test, rising=rising, verdict=v)
