@@ -90,11 +90,12 @@ def rows_of(run: Path, cfg: dict[str, Any], prov: dict[str, Any] | None,
     """The rows of meta-RL run `run` from what `report.run_rows` read of its folder."""
     name = cfg["algorithm"]["name"]
     display = _display(name)
+    baseline = False  # a baseline of the paper's, not its method: no paper number beside it
     if cfg["algorithm"].get("objective") == "pretrained":  # MAML-RL's baseline (a)
-        display += ", pretrained"
+        display, baseline = display + ", pretrained", True
     if int(cfg["train"]["meta_steps"]) == 0:
-        display += ", initial weights"
-    entry = prov.get("paper") if prov is not None else None
+        display, baseline = display + ", initial weights", True
+    entry = prov.get("paper") if prov is not None and not baseline else None
     rows = []
     for path, res in files:
         own = path.name == "results.json"

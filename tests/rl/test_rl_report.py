@@ -245,7 +245,8 @@ def test_a_real_rl_run_and_its_eval_are_reported(capsys, tmp_path, one_thread):
 
 def test_the_baselines_runs_say_what_they_are(capsys, tmp_path):
     """MAML-RL's pretrained baseline (`algorithm.objective=pretrained`) and a run of
-    `train.meta_steps=0` (the initial weights tested; no metrics.csv is written) are named so."""
+    `train.meta_steps=0` (the initial weights tested; no metrics.csv is written) are named so,
+    and the preset's paper number (MAML's) does not stand beside them."""
     _, maml = _rl_runs(tmp_path)
     cfg = json.loads((maml / "config.json").read_text())
     pre, init = tmp_path / "pretrained", tmp_path / "init"
@@ -256,10 +257,14 @@ def test_the_baselines_runs_say_what_they_are(capsys, tmp_path):
         (run / "config.json").write_text(json.dumps(
             {**cfg, section: {**cfg[section], key: value}}))
         (run / "results.json").write_text((maml / "results.json").read_text())
+        (run / "provenance.json").write_text(json.dumps({
+            "preset": "maml_rl-navigation", "config_file": None, "commit": COMMIT,
+            "paper": {"return_after_1": -11.6, "source": "Finn et al. 2017, Fig. 4"}}))
     (pre / "metrics.csv").write_text((maml / "metrics.csv").read_text())
     rows = _report(capsys, pre, init).splitlines()[2:]
     assert rows[0].startswith(f"| {pre} | MAML-RL, pretrained | navigation_2d |")
     assert rows[1].startswith(f"| {init} | MAML-RL, initial weights | navigation_2d |")
+    assert all("-11.6" not in row for row in rows)
     assert "| 0 | 30 s (incl. 30.0 s test) |" in rows[1]
     (init / "config.json").write_text(json.dumps(cfg))  # 500 steps asked, no log: an error
     capsys.readouterr()
