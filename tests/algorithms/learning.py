@@ -54,11 +54,12 @@ def meta_train(alg: Algorithm, episodes: EpisodeSampler, steps: int, lr: float,
 
 
 def accuracy_before_after(alg: Algorithm, episodes: EpisodeSampler, test: TaskBatch,
-                          steps: int, lr: float = 1e-3) -> tuple[float, float]:
+                          steps: int, lr: float = 1e-3, meta_batch_size: int = 4
+                          ) -> tuple[float, float]:
     """Test accuracy before and after `steps` of meta-training (seeded for repeatability)."""
     torch.manual_seed(0)
     before = query_accuracy(alg, test)
-    meta_train(alg, episodes, steps, lr)
+    meta_train(alg, episodes, steps, lr, meta_batch_size)
     return before, query_accuracy(alg, test)
 
 

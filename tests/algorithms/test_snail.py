@@ -131,10 +131,12 @@ def test_bad_config_raises():
 
 @pytest.mark.slow
 def test_snail_learns_separable_classes():
-    """A small SNAIL leaves chance (0.2) within 200 steps (~12 s); the paper-sized network sits
-    at chance longer (the glyphs preset: ~150 steps of 8 tasks)."""
+    """A small SNAIL leaves chance (0.2) within 300 steps of 8 tasks (~35 s): seeds 0-2 at one
+    thread 0.64-0.76. On 40 training classes it memorised them and stalled near 0.3-0.4, so it
+    gets 400; the paper-sized network sits at chance longer (glyphs preset: ~150 steps)."""
     torch.manual_seed(0)
     alg = algorithms.build("snail", models.build("conv4", hidden=16), ways=5,
                            key_sizes=[32, 64, 64], value_sizes=[16, 32, 32], tc_filters=[32, 32])
-    before, after = accuracy_before_after(alg, *separable_episodes(), steps=200, lr=1e-2)
+    before, after = accuracy_before_after(alg, *separable_episodes(train_classes=400), steps=300,
+                                          lr=3e-3, meta_batch_size=8)
     assert after >= 0.4 and after > before + 0.15, (before, after)
