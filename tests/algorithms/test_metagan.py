@@ -148,15 +148,18 @@ def test_bad_config_raises():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "steps", "options"), [
-    ("metagan_maml", 100, {"eval_inner_steps": 3}), ("metagan_relation", 150, {})])
-def test_learns_glyphs_5way_1shot(name, steps, options):
+@pytest.mark.parametrize(("name", "steps", "lr", "options"), [
+    ("metagan_maml", 200, 3e-3, {"eval_inner_steps": 3}), ("metagan_relation", 250, 1e-3, {})])
+def test_learns_glyphs_5way_1shot(name, steps, lr, options):
     """Well above chance (0.2) after a short run, the fake terms at full weight: they slow the
-    start (Relation Net alone reaches 0.81 here, MAML 0.69), so the bar is lower than theirs."""
+    start (Relation Net alone reaches 0.81 here, MAML 0.69), so the bar is lower than theirs.
+    One thread: MAML 0.51-0.62 after 200 steps, seeds 0-4 (seed 0 at two threads on one core:
+    0.57); Relation 0.58-0.66 after 250, seeds 0-3. At lr 3e-3 Relation's sigmoid scores stuck
+    at chance in one seed of five (0.2 for 250 steps), and 100 steps of MAML left 0.35-0.48."""
     torch.manual_seed(0)
     pools = {"pools": 2} if name == "metagan_relation" else {}
     backbone = models.build("conv4", input_shape=(1, 28, 28), hidden=16, **pools)
     alg = algorithms.build(name, backbone, ways=5, generator_hidden=8, noise_dim=16, fakes=5,
                            **options)
-    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=steps, lr=3e-3)
-    assert after >= 0.45 and after > before + 0.2, (before, after)
+    before, after = accuracy_before_after(alg, *glyph_episodes(), steps=steps, lr=lr)
+    assert after >= 0.42 and after > before + 0.15, (before, after)
