@@ -31,6 +31,12 @@ def _build(name: str, seed: int = 0) -> tuple[Algorithm, TaskBatch]:
     return algorithms.build(name, backbone, ways=1), regression_batch()
 
 
+def _build_float64(name: str) -> tuple[Algorithm, TaskBatch]:
+    """`_build` in float64: strategy comparisons where any difference is logic, not rounding."""
+    alg, batch = _build(name)
+    return alg.double(), batch.to("cpu", torch.float64)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_loss_is_finite_scalar_with_metrics(name):
     alg, batch = _build(name)
@@ -74,8 +80,7 @@ def test_vmapped_batch_equals_task_loop(name):
     """Float64: in float32 the loop runs conv maps channels-last and vmap NCHW, and CPU kernels
     round those apart by up to 5e-4 of the largest gradient at one thread (GNN), more than a
     logic slip might."""
-    alg, batch = _build(name)
-    alg, batch = alg.double(), batch.to("cpu", torch.float64)
+    alg, batch = _build_float64(name)
     loss_v, _ = batching.meta_loss(alg, batch, "vmap")
     grads_v = torch.autograd.grad(loss_v, list(alg.parameters()))
     loss_l, _ = batching.meta_loss(alg, batch, "loop")
@@ -93,8 +98,7 @@ def test_vmapped_batch_equals_task_loop(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_backward_equals_backward_of_meta_loss(name, strategy):
     """Float64, as above: float32 sums of the two paths round apart (platipus, one core)."""
-    alg, batch = _build(name)
-    alg, batch = alg.double(), batch.to("cpu", torch.float64)
+    alg, batch = _build_float64(name)
     torch.manual_seed(1)  # algorithms that draw random numbers in training see the same ones
     loss, metrics = batching.meta_loss(alg, batch, strategy)
     expected = torch.autograd.grad(loss, list(alg.parameters()))
@@ -158,8 +162,7 @@ def test_registry_names_equal_file_stems_and_every_file_registers():
 @pytest.mark.parametrize("name", NAMES)
 def test_meta_backward_and_predict_in_threads_equal_the_loop(name):
     """Float64: in float32 the two sum orders differ by more than the conditioning allows."""
-    alg, batch = _build(name)
-    alg, batch = alg.double(), batch.to("cpu", torch.float64)
+    alg, batch = _build_float64(name)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
